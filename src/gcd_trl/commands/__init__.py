@@ -1,0 +1,1 @@
+"""Subcommands of the `gcd-trl` CLI. Each module defines `add_parser(subparsers)`."""
