@@ -1,0 +1,76 @@
+"""Advantage estimators for multi-turn agents: pure numpy functions of step records.
+
+    batch = records_to_batch(records, "gigpo")        # once per round: ids/strings hashed to int codes
+    adv = compute_advantages(batch, "gigpo", gamma=0.95, omega=1.0)   # (n_steps,) float64, record order
+
+`compute_advantage_terms(batch, AdvantageConfig(...))` also returns the episode and step parts.
+One module per estimator (grpo.py, gigpo.py, rlvmr.py); their docstrings list the conventions and where
+they match verl-agent and RLVMR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gcd_trl.advantages import gigpo, grpo, rlvmr
+from gcd_trl.advantages.common import (
+    ESTIMATORS,
+    GRPO_LEVELS,
+    NORMS,
+    TAGS,
+    AdvantageConfig,
+    Advantages,
+    RecordError,
+    StepBatch,
+    records_to_batch,
+)
+
+_MODULES = {"grpo": grpo, "gigpo": gigpo, "rlvmr": rlvmr}
+
+
+def _as_batch(batch: StepBatch | Iterable[Mapping[str, Any]], estimator: str) -> StepBatch:
+    return batch if isinstance(batch, StepBatch) else records_to_batch(batch, estimator)
+
+
+def compute_advantage_terms(
+    batch: StepBatch | Iterable[Mapping[str, Any]], config: AdvantageConfig
+) -> Advantages:
+    """Total, episode and step advantages (and the step signal) of every row, in the batch's row order."""
+    return _MODULES[config.estimator].compute(_as_batch(batch, config.estimator), config)
+
+
+def compute_advantages(
+    batch: StepBatch | Iterable[Mapping[str, Any]],
+    estimator: str = "grpo",
+    *,
+    gamma: float = 0.95,
+    omega: float = 1.0,
+    norm: str = "mean_std",
+    invalid_penalty: float = 0.1,
+    similarity_threshold: float | None = None,
+    grpo_level: str = "steps",
+) -> np.ndarray:
+    """One advantage per step (float64, aligned with the batch rows / records)."""
+    config = AdvantageConfig(
+        estimator=estimator, gamma=gamma, omega=omega, norm=norm, invalid_penalty=invalid_penalty,
+        similarity_threshold=similarity_threshold, grpo_level=grpo_level,
+    )
+    return compute_advantage_terms(batch, config).total
+
+
+__all__ = [
+    "ESTIMATORS",
+    "GRPO_LEVELS",
+    "NORMS",
+    "TAGS",
+    "AdvantageConfig",
+    "Advantages",
+    "RecordError",
+    "StepBatch",
+    "compute_advantage_terms",
+    "compute_advantages",
+    "records_to_batch",
+]
