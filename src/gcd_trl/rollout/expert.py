@@ -1,0 +1,257 @@
+"""Expert demonstrations, played through the same env, Episode and prompt code as the agent.
+
+Each step asks the env's expert (ALFWorld: handcoded or planner; ScienceWorld: the gold path) for the
+next action, writes it the way the model should ("<think>...</think><action>X</action>", or an RLVMR
+meta tag), and feeds that completion to `Episode.apply`/`observe`, so a demonstration is exactly what
+the agent would see and write. The think text is short and templated by verb: it shows the format and
+a plausible reason, not real reasoning.
+
+Faults are counted, never fatal: an env error (the env is rebuilt when built here), no expert action
+before the end, an expert action the parser rejects, or an aborted env. Such episodes are lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gcd_trl.envs.base import EnvSpec, Task, TextEnv, make_env
+from gcd_trl.prompts import default_agent_template, load_template
+from gcd_trl.rollout.episode import Episode
+
+ALFWORLD_TASK_TYPES = {
+    1: "pick_and_place_simple",
+    2: "look_at_obj_in_light",
+    3: "pick_clean_then_place_in_recep",
+    4: "pick_heat_then_place_in_recep",
+    5: "pick_cool_then_place_in_recep",
+    6: "pick_two_obj_and_place",
+}
+_TASK_LEAD = re.compile(r"^your task is to:?\s*", re.I)
+DEFAULT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}  # expert paths run longer than the RL limit
+
+
+def _goal(task_description: str) -> str:
+    """The task description without ScienceWorld's "Your task is to" lead-in or a final period."""
+    return _TASK_LEAD.sub("", task_description.strip()).rstrip(".").strip()
+
+
+def expert_think(action: str, task_description: str = "", step: int = 0) -> str:
+    """A short, templated reason for `action` (by its verb)."""
+    a = action.strip()
+    verb = a.split(" ", 1)[0].lower() if a else ""
+    rest = a.split(" ", 1)[1] if " " in a else ""
+    lead = f"My task: {_goal(task_description)}. " if step == 0 and task_description else ""
+    if a.lower().startswith("go to"):
+        why = f"I should go to {a[6:]} to find what the task needs."
+    elif verb in ("take", "pick"):
+        why = f"The object I need is here, so I {a}."
+    elif verb in ("move", "put"):
+        why = f"I have what the task needs, so I {a}."
+    elif verb in ("open", "close"):
+        why = f"I {verb} {rest} to continue the task."
+    elif verb in ("heat", "cool", "clean"):
+        why = f"The task needs the object {verb}ed, so I {a}."
+    elif verb in ("use", "activate", "deactivate"):
+        why = f"I {a} because the task calls for it."
+    elif verb == "focus":
+        why = f"This is the object the task is about, so I {a}."
+    elif verb in ("look", "examine", "inventory", "read"):
+        why = "I need more information about my surroundings before I act."
+    else:
+        why = f"The next step toward the goal is to {a}."
+    return lead + why
+
+
+def expert_tag(action: str, step: int) -> str:
+    """The RLVMR meta tag an expert step is written with: plan first, explore while searching, else monitor."""
+    if step == 0:
+        return "planning"
+    verb = action.strip().lower()
+    if verb.startswith(("go to", "open", "look")):
+        return "explore"
+    return "monitor"
+
+
+def expert_completion(action: str, *, task_description: str = "", step: int = 0, meta_reasoning: bool = False) -> str:
+    """The completion the model should write for the expert's `action`."""
+    think = expert_think(action, task_description, step)
+    if meta_reasoning:
+        tag = expert_tag(action, step)
+        if tag == "planning":
+            goal = f"Task: {_goal(task_description)}. " if task_description else ""
+            think = (f"{goal}step 1: find the objects the task needs; step 2: do with them what the task asks; "
+                     "step 3: check that the task is done.")
+        return f"<{tag}>{think}</{tag}><action>{action}</action>"
+    return f"<think>{think}</think><action>{action}</action>"
+
+
+@dataclass
+class ExpertEpisode:
+    """One expert episode: its Episode, one record per valid step, and a fault if it went wrong."""
+
+    task: Task
+    episode: Episode | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    fault: str | None = None
+    wall_time_s: float = 0.0
+
+    @property
+    def won(self) -> bool:
+        return bool(self.episode is not None and self.episode.won and self.fault is None)
+
+
+def play_expert(
+    env: TextEnv,
+    task: Task,
+    template: str,
+    *,
+    max_steps: int,
+    history_length: int = 2,
+    meta_reasoning: bool = False,
+    suggestions: str | Sequence[str] = "",
+    index: int = 0,
+) -> ExpertEpisode:
+    """Play one task with the expert; exceptions from the env propagate (the caller counts them)."""
+    start = time.perf_counter()
+    first = env.reset(task)
+    ep = Episode(task, first, template, max_steps=max_steps, history_length=history_length,
+                 suggestions=suggestions, meta_reasoning=meta_reasoning, traj=index)
+    out = ExpertEpisode(task, ep)
+    while not ep.done:
+        prompt = ep.prompt()
+        action = env.expert_action()
+        if action is None:
+            out.fault = "no_expert_action"
+            break
+        completion = expert_completion(action, task_description=ep.task_description,
+                                       step=ep.num_steps, meta_reasoning=meta_reasoning)
+        observation = ep.state.observation
+        sent = ep.apply(completion)
+        if sent is None:
+            ep.observe(None)
+            out.fault = f"expert_action_invalid:{ep.steps[-1].reason}:{action}"
+            break
+        ep.observe(env.step(sent))
+        out.records.append({
+            "task": task.to_dict(),
+            "episode": index,
+            "step": ep.steps[-1].step,
+            "prompt": prompt,
+            "completion": completion,
+            "action": sent,
+            "observation": observation,
+        })
+    if ep.aborted and out.fault is None:
+        out.fault = f"aborted:{ep.aborted}"
+    for r in out.records:
+        r["won"] = out.won
+        r["num_steps"] = ep.num_steps
+    out.wall_time_s = time.perf_counter() - start
+    return out
+
+
+def iter_expert(
+    env: TextEnv | EnvSpec,
+    tasks: Iterable[Task],
+    *,
+    template: str | None = None,
+    max_steps: int | None = None,
+    history_length: int = 2,
+    meta_reasoning: bool = False,
+    suggestions: str | Sequence[str] = "",
+) -> Iterator[ExpertEpisode]:
+    """Play every task in turn. `env` may be an env (caller closes it) or an EnvSpec (built and closed here)."""
+    spec = env if isinstance(env, EnvSpec) else None
+    live: TextEnv | None = None if spec else env  # type: ignore[assignment]
+    try:
+        for i, task in enumerate(tasks):
+            text = template if template is not None else load_template(default_agent_template(task.env, meta_reasoning))
+            steps = max_steps or DEFAULT_MAX_STEPS[task.env]
+            try:
+                if live is None:
+                    live = make_env(spec)  # type: ignore[arg-type]
+                yield play_expert(live, task, text, max_steps=steps, history_length=history_length,
+                                  meta_reasoning=meta_reasoning, suggestions=suggestions, index=i)
+            except Exception as err:  # an engine fault: count it, rebuild the env, go on
+                print(f"[expert] {task.key}: {type(err).__name__}: {err}", file=sys.stderr)
+                yield ExpertEpisode(task, None, fault=f"error:{type(err).__name__}: {err}")
+                if spec is not None and live is not None:
+                    _close_quietly(live)
+                    live = None
+    finally:
+        if spec is not None and live is not None:
+            _close_quietly(live)
+
+
+def _close_quietly(env: TextEnv) -> None:
+    try:
+        env.close()
+    except Exception as err:
+        print(f"[expert] closing the env failed: {err}", file=sys.stderr)
+
+
+def summarize(results: Sequence[ExpertEpisode], wall_time_s: float) -> dict[str, Any]:
+    """{episodes, success, mean_steps, wall_time_s, faults, by_type}: by_type is per ALFWorld task type
+    (or ScienceWorld task name)."""
+    n = len(results)
+    steps = [r.episode.num_steps for r in results if r.episode is not None]
+    by_type: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.task.env == "alfworld":
+            key = ALFWORLD_TASK_TYPES.get(r.task.task_type or 0, str(r.task.task_type))
+        else:
+            key = str(r.task.task_name)
+        entry = by_type.setdefault(key, {"episodes": 0, "won": 0})
+        entry["episodes"] += 1
+        entry["won"] += int(r.won)
+    for entry in by_type.values():
+        entry["success"] = entry.pop("won") / entry["episodes"]
+    faults = [f"{r.task.key}: {r.fault}" for r in results if r.fault]
+    return {
+        "episodes": n,
+        "success": sum(r.won for r in results) / n if n else 0.0,
+        "mean_steps": sum(steps) / len(steps) if steps else 0.0,
+        "wall_time_s": round(wall_time_s, 3),
+        "num_faults": len(faults),
+        "faults": faults[:20],
+        "by_type": dict(sorted(by_type.items())),
+    }
+
+
+def replay(env: TextEnv | EnvSpec, tasks: Iterable[Task], **kwargs: Any) -> dict[str, Any]:
+    """Play the expert on `tasks` and summarise (a check that env, expert and parser agree)."""
+    start = time.perf_counter()
+    results = list(iter_expert(env, tasks, **kwargs))
+    return summarize(results, time.perf_counter() - start)
+
+
+def write_expert_jsonl(
+    env: TextEnv | EnvSpec, tasks: Iterable[Task], out_path: str | Path, *, only_won: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """Play the expert and write one JSON line per step (loadable with `datasets.load_dataset("json")`).
+
+    Fields: task (Task.to_dict()), episode, step, prompt, completion, action, observation (the raw env
+    observation the action was taken in), won (the episode's outcome), num_steps.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results, written = [], 0
+    with out.open("w", encoding="utf-8") as f:
+        for res in iter_expert(env, tasks, **kwargs):
+            results.append(res)
+            if only_won and not res.won:
+                continue
+            for rec in res.records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                written += 1
+    summary = summarize(results, time.perf_counter() - start)
+    summary.update(out=str(out), records=written)
+    return summary
