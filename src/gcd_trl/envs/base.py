@@ -94,6 +94,7 @@ class EnvSpec:
     jvm_heap: str = "512m"  # scienceworld: -Xmx for the env's JVM
     simplifications: str = "easy"  # scienceworld: preset or comma list, "" for none
     alfworld_expert: str = "handcoded"  # alfworld: "handcoded" | "planner" (walkthrough)
+    gold_cache_dir: str | None = None  # scienceworld: share generated gold paths across processes/runs
 
     def __post_init__(self) -> None:
         if self.env not in ENV_NAMES:
@@ -108,4 +109,6 @@ def make_env(spec: EnvSpec) -> TextEnv:
         return AlfWorldEnv(expert=spec.alfworld_expert)
     from gcd_trl.envs.scienceworld import ScienceWorldEnv
 
-    return ScienceWorldEnv(jvm_heap=spec.jvm_heap, simplifications=spec.simplifications)
+    return ScienceWorldEnv(
+        jvm_heap=spec.jvm_heap, simplifications=spec.simplifications, gold_cache_dir=spec.gold_cache_dir
+    )

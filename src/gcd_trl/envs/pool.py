@@ -167,7 +167,8 @@ class EnvPool:
         requests = dict.fromkeys(slots)
         self._check(requests, object)
         live = {slot: None for slot in requests if slot not in self._no_episode}
-        replies, failed = self._call("expert", live, self.step_timeout)
+        # the first expert call of a ScienceWorld variation generates its gold path: reset-sized work
+        replies, failed = self._call("expert", live, self.reset_timeout)
         for slot, reason in failed.items():
             self._aborted(slot, reason)
         return {slot: replies.get(slot) for slot in requests}

@@ -147,7 +147,8 @@ class Episode:
             raise ValueError("the output was valid: pass the env's StepResult for its action")
         if not parsed.valid and result is not None:
             raise ValueError("the output was invalid and must not reach the env: pass None")
-        anchor, shown = self.state.observation, self.observation
+        # ScienceWorld lists objects in varying order: its adapter offers an order-free anchor
+        anchor, shown = self.state.info.get("anchor", self.state.observation), self.observation
 
         if result is None:
             self.observation = invalid_feedback(parsed.reason or "")
