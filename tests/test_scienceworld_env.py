@@ -273,3 +273,11 @@ def test_variations_asset_matches_live_simulator(env):
         env.step("look around")
     assert list(live) == task_names()  # the simulator's own order is alphabetical
     assert _read_asset(VARIATIONS_ASSET) == live
+
+
+def test_agent_cannot_reset_its_own_episode(env):
+    first = env.reset(Task(env="scienceworld", task_name="boil", variation=0))
+    assert "reset task" not in first.info["action_templates"]
+    result = env.step("reset task")
+    assert result.info["refused"] == "reset task" and result.observation == "Nothing happens."
+    assert not result.done and result.reward == 0.0
