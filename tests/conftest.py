@@ -27,3 +27,11 @@ def _one_thread():
         torch.set_num_threads(1)
     except ImportError:
         pass
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """One small random-init model for the whole session (the trainer and batching tests share it)."""
+    from gcd_trl.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_layers=2)

@@ -28,12 +28,14 @@ def test_yaml_values_reach_every_dataclass(tmp_path):
         "environment: scienceworld\nsplit: L2\nadvantage_estimator: gigpo\ngamma: 0.9\n"
         "tasks_per_round: 4\nnum_generations: 4\nlearning_rate: 1.0e-6\njudge_timeout: 5\n",
     )
-    assert isinstance(train, AgentGRPOConfig) and isinstance(env, EnvArguments) and isinstance(gcd, GCDArguments)
+    assert (
+        isinstance(train, AgentGRPOConfig) and isinstance(env, EnvArguments) and isinstance(gcd, GCDArguments)
+    )
     assert (train.advantage_estimator, train.gamma, train.learning_rate) == ("gigpo", 0.9, 1e-6)
     assert (env.environment, env.split, gcd.judge_timeout) == ("scienceworld", "L2", 5.0)
     assert model.model_name_or_path == "some/model"
     # TRL's batch fields are derived from the round geometry
-    assert train.per_device_train_batch_size == 4 and train.steps_per_generation == 1
+    assert train.per_device_train_batch_size == 16 and train.steps_per_generation == 1  # 4 tasks x G=4
     assert train.tasks_per_process == 4
 
 
@@ -50,7 +52,10 @@ def test_meta_reasoning_defaults_on_for_rlvmr_only(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("advantage_estimaor: gigpo\n", "unknown key 'advantage_estimaor' (did you mean 'advantage_estimator'?)"),
+        (
+            "advantage_estimaor: gigpo\n",
+            "unknown key 'advantage_estimaor' (did you mean 'advantage_estimator'?)",
+        ),
         ("gamma: [1, 2]\n", "key 'gamma' (AgentGRPOConfig) expects float, got list"),
         ("max_episode_steps: 3.5\n", "key 'max_episode_steps' (EnvArguments) expects int"),
         ("use_vllm: 'yes'\n", "key 'use_vllm'"),
@@ -110,7 +115,10 @@ def test_every_shipped_config_passes_config_check(tmp_path):
     for path in files:
         done = subprocess.run(
             [sys.executable, "-m", "gcd_trl", "config", "check", str(path)],
-            capture_output=True, text=True, cwd=REPO, env={**__import__("os").environ, "ALFWORLD_DATA": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**__import__("os").environ, "ALFWORLD_DATA": str(tmp_path)},
         )
         assert done.returncode == 0, f"{path.name}: {done.stderr}"
         assert "advantage_estimator:" in done.stdout and "environment:" in done.stdout

@@ -87,7 +87,8 @@ class EnvArguments:
     )
     suggestions: str = field(default="", metadata={"help": "Guidelines injected as {suggestions}."})
     generate_games: int = field(
-        default=0, metadata={"help": "ALFWorld: generate this many offline games into data_dir if it has none."}
+        default=0,
+        metadata={"help": "ALFWorld: generate this many offline games into data_dir if it has none."},
     )
     generate_seed: int = field(default=0, metadata={"help": "Seed for generated games."})
 
@@ -125,7 +126,9 @@ class EnvArguments:
             return Path(self.data_dir).expanduser()
         root = os.environ.get("ALFWORLD_DATA")
         if not root:
-            raise ConfigError("data_dir is not set and $ALFWORLD_DATA is unset: say where the ALFWorld games are")
+            raise ConfigError(
+                "data_dir is not set and $ALFWORLD_DATA is unset: say where the ALFWorld games are"
+            )
         return Path(root).expanduser() / "json_2.1.1"
 
 
@@ -143,7 +146,8 @@ class GCDArguments:
     judge_model: str | None = field(default=None, metadata={"help": "External judge model (OpenAI API)."})
     judge_base_url: str | None = field(default=None, metadata={"help": "External judge endpoint."})
     judge_api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Env var holding the judge API key (never the key itself)."}
+        default="OPENAI_API_KEY",
+        metadata={"help": "Env var holding the judge API key (never the key itself)."},
     )
     judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per external judge request."})
     correction: bool = field(default=True, metadata={"help": "Summarise critiques into golden rules."})
@@ -216,7 +220,10 @@ class AgentGRPOConfig(GRPOConfig):
             raise ConfigError(
                 "generation_batch_size / steps_per_generation are derived from tasks_per_round; do not set them"
             )
-        if self.max_completion_length is not None and self.max_completion_length >= self.max_tokens_per_microbatch:
+        if (
+            self.max_completion_length is not None
+            and self.max_completion_length >= self.max_tokens_per_microbatch
+        ):
             raise ConfigError(
                 f"max_tokens_per_microbatch={self.max_tokens_per_microbatch} cannot hold one completion of "
                 f"max_completion_length={self.max_completion_length} plus its prompt"
@@ -230,6 +237,9 @@ class AgentGRPOConfig(GRPOConfig):
                 f"tasks_per_round={self.tasks_per_round} is not divisible by the {self.world_size} processes: "
                 "every process plays whole groups"
             )
+        # a process generates for all its envs at once (TRL sizes vLLM's max_num_seqs from this)
+        self.per_device_train_batch_size = self.tasks_per_process * self.num_generations
+        self.generation_batch_size = self.per_device_train_batch_size * self.world_size
 
     @property
     def tasks_per_process(self) -> int:
@@ -337,21 +347,27 @@ def parse_rl_config(
     except ConfigError:
         raise
     except SystemExit as err:  # argparse already printed which argument is wrong
-        raise ConfigError(f"invalid command-line or config value (see the message above): exit {err.code}") from err
+        raise ConfigError(
+            f"invalid command-line or config value (see the message above): exit {err.code}"
+        ) from err
     except ValueError as err:
         raise ConfigError(str(err)) from err
     check_combination(train, env, gcd, model)
     return train, env, gcd, model
 
 
-def check_combination(train: AgentGRPOConfig, env: EnvArguments, gcd: GCDArguments, model: ModelConfig) -> None:
+def check_combination(
+    train: AgentGRPOConfig, env: EnvArguments, gcd: GCDArguments, model: ModelConfig
+) -> None:
     """Rules that span dataclasses."""
     if not model.model_name_or_path:
         raise ConfigError("model_name_or_path is not set")
     if env.meta_reasoning is None:
         env.meta_reasoning = train.advantage_estimator == "rlvmr"
     if train.advantage_estimator == "rlvmr" and not env.meta_reasoning:
-        raise ConfigError("advantage_estimator=rlvmr rewards meta-reasoning tags: it needs meta_reasoning=true")
+        raise ConfigError(
+            "advantage_estimator=rlvmr rewards meta-reasoning tags: it needs meta_reasoning=true"
+        )
     num_envs = env.num_envs or train.tasks_per_process * train.num_generations
     if num_envs < train.num_generations:
         raise ConfigError(
@@ -368,15 +384,42 @@ def check_combination(train: AgentGRPOConfig, env: EnvArguments, gcd: GCDArgumen
         raise ConfigError("use_vllm=true needs a GPU; it cannot be combined with use_cpu=true")
 
 
-def resolved_dict(train: AgentGRPOConfig, env: EnvArguments, gcd: GCDArguments, model: ModelConfig,
-                  full: bool = False, explicit: set[str] | None = None) -> dict[str, dict[str, Any]]:
+def resolved_dict(
+    train: AgentGRPOConfig,
+    env: EnvArguments,
+    gcd: GCDArguments,
+    model: ModelConfig,
+    full: bool = False,
+    explicit: set[str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """The values a run will use, by section. Secrets never appear here (they live in the environment)."""
-    ours = {f.name for f in dataclasses.fields(AgentGRPOConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+    ours = {f.name for f in dataclasses.fields(AgentGRPOConfig)} - {
+        f.name for f in dataclasses.fields(GRPOConfig)
+    }
     core = {
-        "output_dir", "learning_rate", "num_generations", "max_completion_length", "temperature", "top_p",
-        "beta", "loss_type", "num_iterations", "epsilon", "epsilon_high", "max_steps", "num_train_epochs",
-        "use_vllm", "vllm_mode", "bf16", "use_cpu", "seed", "logging_steps", "save_steps", "report_to",
-        "push_to_hub", "hub_model_id",
+        "output_dir",
+        "learning_rate",
+        "num_generations",
+        "max_completion_length",
+        "temperature",
+        "top_p",
+        "beta",
+        "loss_type",
+        "num_iterations",
+        "epsilon",
+        "epsilon_high",
+        "max_steps",
+        "num_train_epochs",
+        "use_vllm",
+        "vllm_mode",
+        "bf16",
+        "use_cpu",
+        "seed",
+        "logging_steps",
+        "save_steps",
+        "report_to",
+        "push_to_hub",
+        "hub_model_id",
     }
     keep = ours | core | (explicit or set())
     trainer = {k: v for k, v in train.to_dict().items() if full or k in keep}

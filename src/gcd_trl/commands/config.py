@@ -11,8 +11,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = csub.add_parser("check", help="Validate FILE and print the resolved values.")
     check.add_argument("file", help="A run config (YAML), e.g. configs/rl/tiny_alfworld_grpo.yaml")
-    check.add_argument("--all", action="store_true", help="Print every trainer field, not just the main ones.")
-    check.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value overrides, as for `gcd-trl rl`.")
+    check.add_argument(
+        "--all", action="store_true", help="Print every trainer field, not just the main ones."
+    )
+    check.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="--key value overrides, as for `gcd-trl rl`."
+    )
     check.set_defaults(func=run_check)
 
 
