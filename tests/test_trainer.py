@@ -233,6 +233,11 @@ def test_scripted_rounds_each_estimator(tiny_model_dir, alfworld_tasks, alfworld
     assert any(h["advantages/std"] > 0 for h in rows)
     assert any(h["rollout/invalid_rate"] > 0 for h in rows)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters())), "no update"
+    # the round's step records are on disk with their advantages, as `gcd-trl advantages` reads them
+    dumped = [json.loads(line) for f in sorted((tmp_path / "rollouts").glob("*.jsonl")) for line in f.open()]
+    assert len(dumped) == len(samples)
+    assert sorted(r["advantage"] for r in dumped) == pytest.approx(sorted(s.advantage for s in samples))
+    assert {"group", "traj", "step", "anchor", "valid", "reason", "tag", "won"} <= set(dumped[0])
 
 
 def test_resume_plays_the_same_task_sequence(tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path):

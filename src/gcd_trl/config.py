@@ -196,6 +196,10 @@ class AgentGRPOConfig(GRPOConfig):
     similarity_threshold: float | None = field(
         default=None, metadata={"help": "GiGPO: group anchors at least this similar (default: identical)."}
     )
+    save_rollouts: bool = field(
+        default=True,
+        metadata={"help": "Write each round's step records and advantages to output_dir/rollouts/."},
+    )
 
     def __post_init__(self) -> None:
         _choice("advantage_estimator", self.advantage_estimator, ESTIMATORS)

@@ -26,6 +26,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -287,7 +288,20 @@ class AgentGRPOTrainer(GRPOTrainer):
             s.advantage = float(a)
         rnd = self._make_round(samples, index)
         self._log_round(rollout, samples, rnd, time.perf_counter() - t_round)
+        if self.args.save_rollouts:
+            self._write_rollout(index, samples)
         return rnd
+
+    def _write_rollout(self, index: int, samples: list[StepSample]) -> None:
+        """One JSON line per step (the step record plus its advantage): `gcd-trl advantages` reads these."""
+        folder = Path(self.args.output_dir) / "rollouts"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"round_{index:05d}_rank{self.accelerator.process_index}.jsonl"
+        with path.open("w") as f:
+            for s in samples:
+                row = s.record.to_dict()
+                row.update(advantage=s.advantage, truncated=s.truncated, round=index)
+                f.write(json.dumps(row) + "\n")
 
     def _make_round(self, samples: list[StepSample], index: int = 0) -> _Round:
         """Micro-batches under the token budget, the same count on every process, each with its loss scale."""
