@@ -1,0 +1,215 @@
+"""A tiny, randomly initialised Qwen2-architecture chat model, built offline.
+
+Tests and the CPU demo need a real `AutoModelForCausalLM` + `AutoTokenizer` pair that loads from a folder
+(TRL reloads the reference model from `_name_or_path`) without any hub download. The tokenizer is a
+byte-level BPE with Qwen2's pipeline (any id sequence decodes; any NFC text round-trips) trained on a corpus
+of real ALFWorld/ScienceWorld text and our prompt templates, which keeps agent prompts short. The chat
+template is ChatML with `{% generation %}` markers so TRL's `assistant_only_loss=True` works.
+
+Building is deterministic: the same arguments give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+# <|endoftext|> pads (and ends plain text), <|im_end|> ends a chat turn: the Qwen2 instruct convention.
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
+# The agent's and judge's tags get one token each: short prompts, clean boundaries for parsing.
+TAG_NAMES = ("think", "action", "planning", "explore", "reflection", "monitor", "answer", "advise", "rule")
+TAG_TOKENS = tuple(t for name in TAG_NAMES for t in (f"<{name}>", f"</{name}>"))
+
+CORPUS_ASSET = "tokenizer_corpus.txt"
+# Chat-format words that sit between special tokens (repeated so BPE merges them whole).
+CHAT_LINES = tuple(f"{IM_START}{role}\n{IM_END}\n" for role in ("system", "user", "assistant"))
+
+# ChatML as Qwen2 writes it, without a default system prompt. The assistant's content and its <|im_end|>
+# sit inside {% generation %}, so the stop token is trained; the newline after it is not.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def read_corpus(path: str | Path | None = None) -> list[str]:
+    """The tokenizer corpus lines: the packaged asset unless `path` is given (.txt or .txt.gz)."""
+    if path is None:
+        text = resources.files("gcd_trl").joinpath("assets", CORPUS_ASSET).read_text(encoding="utf-8")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer corpus not found: {path}")
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"tokenizer corpus is empty: {path or CORPUS_ASSET}")
+    return lines
+
+
+def _chunks(lines: list[str], size: int = 32) -> Iterator[str]:
+    # Several lines per sample, so newline + indentation runs ("\n\t") can be learned as merges.
+    for i in range(0, len(lines), size):
+        yield "\n".join(lines[i : i + size])
+
+
+def train_tokenizer(vocab_size: int = 4096, corpus: str | Path | None = None):
+    """A byte-level BPE tokenizer with ChatML special tokens and our chat template.
+
+    The pipeline is Qwen2's (NFC, Qwen's pre-tokenizer regex, byte-level): transformers rebuilds a
+    `qwen2` model's tokenizer with that pipeline whatever tokenizer.json says, so training with anything
+    else would make the saved and the loaded tokenizer disagree. `vocab_size` is an upper bound counting
+    everything (special tokens, the 256 bytes, merges, tag tokens): merges stop once no pair occurs twice
+    in the corpus, which with the packaged corpus happens near 2.6k tokens, every env word then one token.
+    """
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import Qwen2TokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    n_fixed = len(SPECIAL_TOKENS) + len(TAG_TOKENS) + 256
+    if vocab_size < n_fixed + 64:
+        raise ValueError(
+            f"vocab_size must be at least {n_fixed + 64} (special and tag tokens, 256 bytes, 64 merges), "
+            f"got {vocab_size}"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    # Untrimmed offsets: chat templates map {% generation %} spans to tokens through them.
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(TAG_TOKENS),
+        min_frequency=2,
+        special_tokens=[AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = sorted(set(read_corpus(corpus))) + [line for line in CHAT_LINES for _ in range(8)]
+    tok.train_from_iterator(_chunks(lines), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    # Keeps the given backend; saved as "Qwen2Tokenizer", which transformers 4.x and 5.x both load.
+    wrapped = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        unk_token=None,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def make_config(vocab_size: int, hidden_size: int, num_layers: int, pad_id: int, eos_id: int):
+    """A small Qwen2 config: head dim 64, 2:1 grouped-query attention, MLP 4x hidden, tied embeddings."""
+    from transformers import Qwen2Config
+
+    heads = max(1, hidden_size // 64)
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_sliding_window=False,
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    vocab_size: int = 4096,
+    corpus: str | Path | None = None,
+) -> Path:
+    """Write tokenizer, config, generation config and random weights to `out_dir`; returns it.
+
+    `AutoTokenizer.from_pretrained(out_dir)` and `AutoModelForCausalLM.from_pretrained(out_dir)` load it.
+    The model's vocabulary is the tokenizer's actual size (at most `vocab_size`, see `train_tokenizer`);
+    `seed` changes the weights only.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    if hidden_size % 64 or hidden_size <= 0:
+        raise ValueError(f"hidden_size must be a positive multiple of 64, got {hidden_size}")
+    if num_layers <= 0:
+        raise ValueError(f"num_layers must be positive, got {num_layers}")
+    tokenizer = train_tokenizer(vocab_size, corpus)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    config = make_config(len(tokenizer), hidden_size, num_layers, pad_id, eos_id)
+
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config).to(torch.float32)
+    finally:
+        torch.random.set_rng_state(rng_state)  # building must not disturb the caller's RNG
+    # Both stop tokens end generation: <|im_end|> after a chat turn, <|endoftext|> after plain text.
+    model.generation_config = GenerationConfig(
+        bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if progress:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def count_parameters(model_or_dir) -> int:
+    """Distinct parameters (tied embeddings counted once) of a model or of a saved model folder."""
+    if isinstance(model_or_dir, (str, Path)):
+        from safetensors import safe_open
+
+        path = Path(model_or_dir) / "model.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no model.safetensors in {model_or_dir}")
+        with safe_open(str(path), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return sum(p.numel() for p in model_or_dir.parameters())
