@@ -141,6 +141,11 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
 
     if train_args.use_cpu or not torch.cuda.is_available():
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    else:
+        # cuDNN's fused attention returns NaN for the fully masked rows of left-padded prompts in bf16,
+        # and its backward turns them into NaN gradients (seen on an H100, torch 2.11): use the other
+        # SDPA kernels, which handle those rows.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,

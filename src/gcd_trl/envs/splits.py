@@ -23,7 +23,6 @@ import warnings
 from pathlib import Path
 
 from gcd_trl.envs.base import ENV_NAMES, Task
-from gcd_trl.envs.scienceworld import task_names, variations
 
 LEVELS = ("L0", "L1", "L2")
 PARTS = ("train", "test")
@@ -50,6 +49,8 @@ def _check(level: str, levels: tuple[str, ...], part: str | None = None) -> None
 def scienceworld_tasks(level: str, part: str) -> list[str]:
     """The task names a ScienceWorld split part draws from, in index order."""
     _check(level, LEVELS, part)
+    from gcd_trl.envs.scienceworld import task_names  # the engine loads only when a split needs it
+
     names = task_names()
     pool = [n for n in names if n not in SCIENCEWORLD_EXCLUDED]
     if level != "L2":
@@ -59,6 +60,8 @@ def scienceworld_tasks(level: str, part: str) -> list[str]:
 
 
 def _scienceworld_part(level: str, part: str) -> list[Task]:
+    from gcd_trl.envs.scienceworld import variations
+
     which = "train" if part == "train" else _SCIENCEWORLD_TEST_SET[level]
     return [
         Task(env="scienceworld", split=f"{level}/{part}", task_name=name, variation=v)
