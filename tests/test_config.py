@@ -109,19 +109,20 @@ def run_cli(*args):
     )
 
 
-def test_every_shipped_config_passes_config_check(tmp_path):
+def test_every_shipped_config_passes_config_check(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from gcd_trl.commands.config import run_check
+
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
     files = sorted((REPO / "configs" / "rl").glob("*.yaml"))
     assert len(files) >= 12 + 4
     for path in files:
-        done = subprocess.run(
-            [sys.executable, "-m", "gcd_trl", "config", "check", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env={**__import__("os").environ, "ALFWORLD_DATA": str(tmp_path)},
-        )
-        assert done.returncode == 0, f"{path.name}: {done.stderr}"
-        assert "advantage_estimator:" in done.stdout and "environment:" in done.stdout
+        code = run_check(argparse.Namespace(file=str(path), all=False, overrides=[]))
+        out, err = capsys.readouterr()
+        assert code == 0, f"{path.name}: {err}"
+        assert out.startswith(f"# {path}: OK")
+        assert "advantage_estimator:" in out and "environment:" in out
 
 
 def test_config_check_cli_reports_errors_and_resolved_values(tmp_path):
