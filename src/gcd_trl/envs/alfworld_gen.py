@@ -27,15 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# alfworld's task numbering (alfworld.agents.environment.alfred_tw_env.TASK_TYPES).
-TASK_TYPES: dict[int, str] = {
-    1: "pick_and_place_simple",
-    2: "look_at_obj_in_light",
-    3: "pick_clean_then_place_in_recep",
-    4: "pick_heat_then_place_in_recep",
-    5: "pick_cool_then_place_in_recep",
-    6: "pick_two_obj_and_place",
-}
+from gcd_trl.envs.alfworld import TASK_TYPES  # one numbering for the whole project
+
 GAME_FILE = "game.tw-pddl"
 TRAJ_FILE = "traj_data.json"
 
@@ -46,34 +39,98 @@ _NO_PARENT = {3: {"SinkBasin", "BathtubBasin"}, 4: {"Microwave"}, 5: {"Fridge"}}
 _LAMPS = ("DeskLamp", "FloorLamp")
 # Surfaces a lamp stands on (it must sit in a receptacle: the domain's ToggleObject needs one).
 _LAMP_SURFACES = {
-    "DeskLamp": ("Desk", "SideTable", "Dresser", "Shelf", "CoffeeTable", "DiningTable", "TVStand", "CounterTop"),
-    "FloorLamp": ("SideTable", "Dresser", "ArmChair", "Sofa", "CoffeeTable", "Desk", "TVStand", "Shelf", "Ottoman"),
+    "DeskLamp": (
+        "Desk",
+        "SideTable",
+        "Dresser",
+        "Shelf",
+        "CoffeeTable",
+        "DiningTable",
+        "TVStand",
+        "CounterTop",
+    ),
+    "FloorLamp": (
+        "SideTable",
+        "Dresser",
+        "ArmChair",
+        "Sofa",
+        "CoffeeTable",
+        "Desk",
+        "TVStand",
+        "Shelf",
+        "Ottoman",
+    ),
 }
 # Receptacle types a scene lists among its objects but whose floor-plan pose file may miss; added with a
 # made-up pose (poses are only names to the text engine). Value: how many to add.
 _EXTRA_RECEPTACLE_COUNT = {"StoveBurner": 4}
-_INSIDE = {"Drawer", "Cabinet", "Fridge", "Microwave", "Safe", "GarbageCan", "SinkBasin", "BathtubBasin",
-           "LaundryHamper", "Box"}
-_READABLE = {"CD": "CD", "TVStand": "TV stand", "CounterTop": "counter", "SinkBasin": "sink",
-             "BathtubBasin": "bathtub", "Glassbottle": "glass bottle", "BasketBall": "basketball",
-             "KeyChain": "keychain", "SoapBar": "soap bar", "ToiletPaperHanger": "toilet paper hanger"}
+_INSIDE = {
+    "Drawer",
+    "Cabinet",
+    "Fridge",
+    "Microwave",
+    "Safe",
+    "GarbageCan",
+    "SinkBasin",
+    "BathtubBasin",
+    "LaundryHamper",
+    "Box",
+}
+_READABLE = {
+    "CD": "CD",
+    "TVStand": "TV stand",
+    "CounterTop": "counter",
+    "SinkBasin": "sink",
+    "BathtubBasin": "bathtub",
+    "Glassbottle": "glass bottle",
+    "BasketBall": "basketball",
+    "KeyChain": "keychain",
+    "SoapBar": "soap bar",
+    "ToiletPaperHanger": "toilet paper hanger",
+}
 _HUMAN_TEMPLATES = {  # {ao}: "a mug" / "an apple"
-    1: ("Put {ao} {p} the {r}.", "Move {ao} to the {r}.", "Place the {o} {p} the {r}.",
-        "Take {ao} and put it {p} the {r}.", "Pick up the {o} and set it {p} the {r}."),
-    2: ("Look at {ao} under the {t}.", "Examine the {o} by the light of the {t}.",
-        "Pick up {ao} and turn on the {t}.", "Hold the {o} and switch on the {t}.",
-        "Inspect {ao} in the light of the {t}."),
-    3: ("Put a clean {o} {p} the {r}.", "Wash {ao} in the sink and put it {p} the {r}.",
-        "Rinse off {ao} and place it {p} the {r}.", "Clean the {o}, then put it {p} the {r}.",
-        "Rinse the {o} and set it {p} the {r}."),
-    4: ("Put a hot {o} {p} the {r}.", "Heat {ao} in the microwave and put it {p} the {r}.",
-        "Warm up {ao} and place it {p} the {r}.", "Cook the {o} in the microwave, then put it {p} the {r}.",
-        "Microwave {ao} and set it {p} the {r}."),
-    5: ("Put a cold {o} {p} the {r}.", "Chill {ao} in the fridge and put it {p} the {r}.",
-        "Cool down {ao} and place it {p} the {r}.", "Put a chilled {o} {p} the {r}.",
-        "Cool the {o} in the fridge, then set it {p} the {r}."),
-    6: ("Put two {os} {p} the {r}.", "Move two {os} to the {r}.", "Find two {os} and place them {p} the {r}.",
-        "Place a pair of {os} {p} the {r}.", "Take two {os} and put them {p} the {r}."),
+    1: (
+        "Put {ao} {p} the {r}.",
+        "Move {ao} to the {r}.",
+        "Place the {o} {p} the {r}.",
+        "Take {ao} and put it {p} the {r}.",
+        "Pick up the {o} and set it {p} the {r}.",
+    ),
+    2: (
+        "Look at {ao} under the {t}.",
+        "Examine the {o} by the light of the {t}.",
+        "Pick up {ao} and turn on the {t}.",
+        "Hold the {o} and switch on the {t}.",
+        "Inspect {ao} in the light of the {t}.",
+    ),
+    3: (
+        "Put a clean {o} {p} the {r}.",
+        "Wash {ao} in the sink and put it {p} the {r}.",
+        "Rinse off {ao} and place it {p} the {r}.",
+        "Clean the {o}, then put it {p} the {r}.",
+        "Rinse the {o} and set it {p} the {r}.",
+    ),
+    4: (
+        "Put a hot {o} {p} the {r}.",
+        "Heat {ao} in the microwave and put it {p} the {r}.",
+        "Warm up {ao} and place it {p} the {r}.",
+        "Cook the {o} in the microwave, then put it {p} the {r}.",
+        "Microwave {ao} and set it {p} the {r}.",
+    ),
+    5: (
+        "Put a cold {o} {p} the {r}.",
+        "Chill {ao} in the fridge and put it {p} the {r}.",
+        "Cool down {ao} and place it {p} the {r}.",
+        "Put a chilled {o} {p} the {r}.",
+        "Cool the {o} in the fridge, then set it {p} the {r}.",
+    ),
+    6: (
+        "Put two {os} {p} the {r}.",
+        "Move two {os} to the {r}.",
+        "Find two {os} and place them {p} the {r}.",
+        "Place a pair of {os} {p} the {r}.",
+        "Take two {os} and put them {p} the {r}.",
+    ),
 }
 _GRID = 0.25  # metres per agent step: floor-plan poses are multiples of it
 
@@ -91,10 +148,15 @@ def _wheel() -> dict[str, Any]:
     with open(os.path.join(pkg, "data", "alfred.twl2")) as f:
         grammar = f.read()
     if "UNKNOWN GOAL" not in grammar:
-        raise RuntimeError("alfworld's alfred.twl2 has no 'UNKNOWN GOAL' task placeholder; unsupported alfworld")
+        raise RuntimeError(
+            "alfworld's alfred.twl2 has no 'UNKNOWN GOAL' task placeholder; unsupported alfworld"
+        )
     movable = set(constants.MOVABLE_RECEPTACLES)
-    holds = {r: sorted(o for o in objs if "Sliced" not in o)
-             for r, objs in constants.VAL_RECEPTACLE_OBJECTS.items() if r not in movable}
+    holds = {
+        r: sorted(o for o in objs if "Sliced" not in o)
+        for r, objs in constants.VAL_RECEPTACLE_OBJECTS.items()
+        if r not in movable
+    }
     static_rtypes = (set(constants.RECEPTACLES) | set(holds)) - movable
     otypes = set(constants.OBJECTS_SET) - static_rtypes
     pickable = sorted({o for objs in holds.values() for o in objs})
@@ -183,11 +245,16 @@ def _scene(num: int) -> _Scene:
         zs = [r.xyz[2] for r in receps]
         for rtype in missing:
             for _ in range(_EXTRA_RECEPTACLE_COUNT.get(rtype, 1)):
-                xyz = (round(rng.uniform(min(xs), max(xs)), 2), round(rng.uniform(0.0, 1.0), 2),
-                       round(rng.uniform(min(zs), max(zs)), 2))
+                xyz = (
+                    round(rng.uniform(min(xs), max(xs)), 2),
+                    round(rng.uniform(0.0, 1.0), 2),
+                    round(rng.uniform(min(zs), max(zs)), 2),
+                )
                 head = "Sink" if rtype == "SinkBasin" else "Bathtub" if rtype == "BathtubBasin" else rtype
                 key = _make_id(head, xyz) + ("|" + rtype if head != rtype else "")
-                pose = _unique_pose((round(xyz[0] / _GRID), round(xyz[2] / _GRID), rng.randrange(4), 30), used)
+                pose = _unique_pose(
+                    (round(xyz[0] / _GRID), round(xyz[2] / _GRID), rng.randrange(4), 30), used
+                )
                 used.add(pose)
                 receps.append(_Recep(key, rtype, xyz, pose))
     return _Scene(num, room, object_types, tuple(receps))
@@ -306,10 +373,17 @@ def _descriptions(rng: random.Random, g: _Game) -> tuple[str, list[str]]:
     name = TASK_TYPES[g.task_type]
     template = rng.choice(w["gdict"][name]["templates"])
     goal = template.format(obj=g.obj.lower(), recep=g.parent.lower(), toggle=g.toggle.lower(), mrecep="")
-    o, r, t = _readable(g.obj), _readable(g.parent) if g.parent else "", _readable(g.toggle) if g.toggle else ""
+    o, r, t = (
+        _readable(g.obj),
+        _readable(g.parent) if g.parent else "",
+        _readable(g.toggle) if g.toggle else "",
+    )
     p = "in" if g.parent in _INSIDE else "on"
     ao = ("an " if o[0] in "aeiou" else "a ") + o
-    human = [s.format(o=o, ao=ao, os=_plural(o), r=r, t=t, p=p) for s in rng.sample(_HUMAN_TEMPLATES[g.task_type], 3)]
+    human = [
+        s.format(o=o, ao=ao, os=_plural(o), r=r, t=t, p=p)
+        for s in rng.sample(_HUMAN_TEMPLATES[g.task_type], 3)
+    ]
     return goal, human
 
 
@@ -318,7 +392,13 @@ def _sample_game(rng: random.Random, task_type: int) -> _Game:
     w = _wheel()
     scene = _scene(rng.choice(_eligible_scenes(task_type)))
     obj, second = rng.choice(_candidates(scene, task_type))
-    g = _Game(task_type, scene, obj, parent="" if task_type == 2 else second, toggle=second if task_type == 2 else "")
+    g = _Game(
+        task_type,
+        scene,
+        obj,
+        parent="" if task_type == 2 else second,
+        toggle=second if task_type == 2 else "",
+    )
     used_ids: set[str] = set()
 
     def place(otype: str, holders: list[_Recep]) -> None:
@@ -406,8 +486,12 @@ def _problem(g: _Game, name: str, relevant_only: bool = False) -> str:
         facts.append(f"(pickupable {m})")
         if otype in w["movable"]:
             facts.append(f"(isReceptacleObject {m})")
-        for key, pred in (("Cleanable", "cleanable"), ("Heatable", "heatable"), ("Coolable", "coolable"),
-                          ("Sliceable", "sliceable")):
+        for key, pred in (
+            ("Cleanable", "cleanable"),
+            ("Heatable", "heatable"),
+            ("Coolable", "coolable"),
+            ("Sliceable", "sliceable"),
+        ):
             if otype in w["actions"][key]:
                 facts.append(f"({pred} {m})")
     for rtype in sorted({r.rtype for r in receps}):
@@ -416,13 +500,17 @@ def _problem(g: _Game, name: str, relevant_only: bool = False) -> str:
     goal = w["gdict"][TASK_TYPES[g.task_type]]["pddl"]
     goal = goal.format(obj=g.obj, recep=g.parent, toggle=g.toggle, mrecep="").replace("#", "-")
     sep = "\n        "
-    return (f"\n(define (problem {name})\n(:domain alfred)\n(:objects{sep}{sep.join(declared)}\n        )\n"
-            f"(:init{sep}{sep.join(facts)}\n        )\n{goal}")
+    return (
+        f"\n(define (problem {name})\n(:domain alfred)\n(:objects{sep}{sep.join(declared)}\n        )\n"
+        f"(:init{sep}{sep.join(facts)}\n        )\n{goal}"
+    )
 
 
 def _entity_ids(g: _Game) -> list[str]:
     """The game's object and receptacle names as the engine sees them (its PDDL parser lowercases)."""
-    return sorted(_mangle(i).lower() for i in [oid for oid, _ in g.placements] + [r.id for r in g.scene.receptacles])
+    return sorted(
+        _mangle(i).lower() for i in [oid for oid, _ in g.placements] + [r.id for r in g.scene.receptacles]
+    )
 
 
 def _dir_name(g: _Game) -> str:
@@ -433,8 +521,13 @@ def _traj_data(g: _Game, trial: str, seed: int, index: int) -> dict[str, Any]:
     return {
         "task_id": trial,
         "task_type": TASK_TYPES[g.task_type],
-        "pddl_params": {"object_target": g.obj, "parent_target": g.parent, "mrecep_target": "",
-                        "toggle_target": g.toggle, "object_sliced": False},
+        "pddl_params": {
+            "object_target": g.obj,
+            "parent_target": g.parent,
+            "mrecep_target": "",
+            "toggle_target": g.toggle,
+            "object_sliced": False,
+        },
         "scene": {"scene_num": g.scene.num, "floor_plan": f"FloorPlan{g.scene.num}"},
         "turk_annotations": {"anns": [{"task_desc": d} for d in g.human]},
         "generator": {"name": "gcd_trl.envs.alfworld_gen", "seed": seed, "index": index},
@@ -492,7 +585,11 @@ class _Planner:
             by_command = {}
             for action in state.all_applicable_actions():
                 names = {ph.name: infos[var.name].name for ph, var in action.mapping.items()}
-                template = "go to {r}" if action.name == "gotolocation" else self._logic.actions[action.name].template
+                template = (
+                    "go to {r}"
+                    if action.name == "gotolocation"
+                    else self._logic.actions[action.name].template
+                )
                 by_command.setdefault(template.format(**names), action)
             if command not in by_command:
                 return f"walkthrough step {step} {command!r} is not admissible"
@@ -502,12 +599,16 @@ class _Planner:
 
 def _normalize_task_types(task_types: Iterable[int]) -> tuple[int, ...]:
     if isinstance(task_types, (str, bytes, int)):
-        raise TypeError(f"task_types must be a sequence of ints from {sorted(TASK_TYPES)}, got {task_types!r}")
+        raise TypeError(
+            f"task_types must be a sequence of ints from {sorted(TASK_TYPES)}, got {task_types!r}"
+        )
     out = []
     for t in task_types:
         if isinstance(t, bool) or not isinstance(t, int) or t not in TASK_TYPES:
-            raise ValueError(f"unknown ALFWorld task type {t!r}: expected one of {sorted(TASK_TYPES)} "
-                             f"({', '.join(f'{k}={v}' for k, v in TASK_TYPES.items())})")
+            raise ValueError(
+                f"unknown ALFWorld task type {t!r}: expected one of {sorted(TASK_TYPES)} "
+                f"({', '.join(f'{k}={v}' for k, v in TASK_TYPES.items())})"
+            )
         out.append(t)
     if not out:
         raise ValueError("task_types is empty: give at least one of 1-6")
@@ -520,9 +621,16 @@ def _dump(path: str, data: Any, indent: int | None) -> None:
         f.write("\n")
 
 
-def generate_games(out_dir: str | os.PathLike, num: int, seed: int,
-                   task_types: Iterable[int] = (1, 2, 3, 4, 5, 6), *, max_attempts: int = 20,
-                   verify: bool = True, stats: dict[str, Any] | None = None) -> list[str]:
+def generate_games(
+    out_dir: str | os.PathLike,
+    num: int,
+    seed: int,
+    task_types: Iterable[int] = (1, 2, 3, 4, 5, 6),
+    *,
+    max_attempts: int = 20,
+    verify: bool = True,
+    stats: dict[str, Any] | None = None,
+) -> list[str]:
     """Write `num` planner-checked games under `out_dir`; return their directories in index order.
 
     Game i has task type `sorted(task_types)[i % len]` (so types are balanced) and lives in
@@ -541,14 +649,24 @@ def generate_games(out_dir: str | os.PathLike, num: int, seed: int,
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     for t in types:
         if not _eligible_scenes(t):
-            raise RuntimeError(f"no floor plan in the alfworld wheel supports task type {t} ({TASK_TYPES[t]})")
+            raise RuntimeError(
+                f"no floor plan in the alfworld wheel supports task type {t} ({TASK_TYPES[t]})"
+            )
     out_dir = os.fspath(out_dir)
     if "movable" in os.path.abspath(out_dir) or "Sliced" in os.path.abspath(out_dir):
-        raise ValueError(f"out_dir {out_dir!r} contains 'movable' or 'Sliced': alfworld's loader skips such paths")
+        raise ValueError(
+            f"out_dir {out_dir!r} contains 'movable' or 'Sliced': alfworld's loader skips such paths"
+        )
     w = _wheel()
     planner = _Planner() if num else None
-    counts = {"games": 0, "draws": 0, "planner_failures": 0, "seconds": 0.0, "cpu_seconds": 0.0,
-              "plan_lengths": []}
+    counts = {
+        "games": 0,
+        "draws": 0,
+        "planner_failures": 0,
+        "seconds": 0.0,
+        "cpu_seconds": 0.0,
+        "plan_lengths": [],
+    }
     start, cpu_start = time.perf_counter(), time.process_time()
     dirs = []
     for i in range(num):
@@ -572,12 +690,19 @@ def generate_games(out_dir: str | os.PathLike, num: int, seed: int,
             counts["planner_failures"] += 1
             last_error = error
         else:
-            raise RuntimeError(f"could not generate a solvable {TASK_TYPES[task_type]} game (seed={seed}, "
-                               f"index={i}) in {max_attempts} attempts; last failure: {last_error}")
+            raise RuntimeError(
+                f"could not generate a solvable {TASK_TYPES[task_type]} game (seed={seed}, "
+                f"index={i}) in {max_attempts} attempts; last failure: {last_error}"
+            )
         game_dir = os.path.join(out_dir, _dir_name(g), trial)
         os.makedirs(game_dir, exist_ok=True)
-        game = {"pddl_domain": w["domain"], "grammar": w["grammar"].replace("UNKNOWN GOAL", g.goal_text),
-                "pddl_problem": problem, "solvable": True, "walkthrough": walkthrough}
+        game = {
+            "pddl_domain": w["domain"],
+            "grammar": w["grammar"].replace("UNKNOWN GOAL", g.goal_text),
+            "pddl_problem": problem,
+            "solvable": True,
+            "walkthrough": walkthrough,
+        }
         _dump(os.path.join(game_dir, GAME_FILE), game, None)
         _dump(os.path.join(game_dir, TRAJ_FILE), _traj_data(g, trial, seed, i), 2)
         counts["games"] += 1

@@ -21,18 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gcd_trl.envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
 from gcd_trl.envs.base import EnvSpec, Task, TextEnv, make_env
 from gcd_trl.prompts import default_agent_template, load_template
 from gcd_trl.rollout.episode import Episode
 
-ALFWORLD_TASK_TYPES = {
-    1: "pick_and_place_simple",
-    2: "look_at_obj_in_light",
-    3: "pick_clean_then_place_in_recep",
-    4: "pick_heat_then_place_in_recep",
-    5: "pick_cool_then_place_in_recep",
-    6: "pick_two_obj_and_place",
-}
 _TASK_LEAD = re.compile(r"^your task is to:?\s*", re.I)
 DEFAULT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}  # expert paths run longer than the RL limit
 
@@ -79,15 +72,19 @@ def expert_tag(action: str, step: int) -> str:
     return "monitor"
 
 
-def expert_completion(action: str, *, task_description: str = "", step: int = 0, meta_reasoning: bool = False) -> str:
+def expert_completion(
+    action: str, *, task_description: str = "", step: int = 0, meta_reasoning: bool = False
+) -> str:
     """The completion the model should write for the expert's `action`."""
     think = expert_think(action, task_description, step)
     if meta_reasoning:
         tag = expert_tag(action, step)
         if tag == "planning":
             goal = f"Task: {_goal(task_description)}. " if task_description else ""
-            think = (f"{goal}step 1: find the objects the task needs; step 2: do with them what the task asks; "
-                     "step 3: check that the task is done.")
+            think = (
+                f"{goal}step 1: find the objects the task needs; step 2: do with them what the task asks; "
+                "step 3: check that the task is done."
+            )
         return f"<{tag}>{think}</{tag}><action>{action}</action>"
     return f"<think>{think}</think><action>{action}</action>"
 
@@ -121,8 +118,16 @@ def play_expert(
     """Play one task with the expert; exceptions from the env propagate (the caller counts them)."""
     start = time.perf_counter()
     first = env.reset(task)
-    ep = Episode(task, first, template, max_steps=max_steps, history_length=history_length,
-                 suggestions=suggestions, meta_reasoning=meta_reasoning, traj=index)
+    ep = Episode(
+        task,
+        first,
+        template,
+        max_steps=max_steps,
+        history_length=history_length,
+        suggestions=suggestions,
+        meta_reasoning=meta_reasoning,
+        traj=index,
+    )
     out = ExpertEpisode(task, ep)
     while not ep.done:
         prompt = ep.prompt()
@@ -130,8 +135,9 @@ def play_expert(
         if action is None:
             out.fault = "no_expert_action"
             break
-        completion = expert_completion(action, task_description=ep.task_description,
-                                       step=ep.num_steps, meta_reasoning=meta_reasoning)
+        completion = expert_completion(
+            action, task_description=ep.task_description, step=ep.num_steps, meta_reasoning=meta_reasoning
+        )
         observation = ep.state.observation
         sent = ep.apply(completion)
         if sent is None:
@@ -139,15 +145,17 @@ def play_expert(
             out.fault = f"expert_action_invalid:{ep.steps[-1].reason}:{action}"
             break
         ep.observe(env.step(sent))
-        out.records.append({
-            "task": task.to_dict(),
-            "episode": index,
-            "step": ep.steps[-1].step,
-            "prompt": prompt,
-            "completion": completion,
-            "action": sent,
-            "observation": observation,
-        })
+        out.records.append(
+            {
+                "task": task.to_dict(),
+                "episode": index,
+                "step": ep.steps[-1].step,
+                "prompt": prompt,
+                "completion": completion,
+                "action": sent,
+                "observation": observation,
+            }
+        )
     if ep.aborted and out.fault is None:
         out.fault = f"aborted:{ep.aborted}"
     for r in out.records:
@@ -172,13 +180,25 @@ def iter_expert(
     live: TextEnv | None = None if spec else env  # type: ignore[assignment]
     try:
         for i, task in enumerate(tasks):
-            text = template if template is not None else load_template(default_agent_template(task.env, meta_reasoning))
+            text = (
+                template
+                if template is not None
+                else load_template(default_agent_template(task.env, meta_reasoning))
+            )
             steps = max_steps or DEFAULT_MAX_STEPS[task.env]
             try:
                 if live is None:
                     live = make_env(spec)  # type: ignore[arg-type]
-                yield play_expert(live, task, text, max_steps=steps, history_length=history_length,
-                                  meta_reasoning=meta_reasoning, suggestions=suggestions, index=i)
+                yield play_expert(
+                    live,
+                    task,
+                    text,
+                    max_steps=steps,
+                    history_length=history_length,
+                    meta_reasoning=meta_reasoning,
+                    suggestions=suggestions,
+                    index=i,
+                )
             except Exception as err:  # an engine fault: count it, rebuild the env, go on
                 print(f"[expert] {task.key}: {type(err).__name__}: {err}", file=sys.stderr)
                 yield ExpertEpisode(task, None, fault=f"error:{type(err).__name__}: {err}")
@@ -233,7 +253,12 @@ def replay(env: TextEnv | EnvSpec, tasks: Iterable[Task], **kwargs: Any) -> dict
 
 
 def write_expert_jsonl(
-    env: TextEnv | EnvSpec, tasks: Iterable[Task], out_path: str | Path, *, only_won: bool = False, **kwargs: Any
+    env: TextEnv | EnvSpec,
+    tasks: Iterable[Task],
+    out_path: str | Path,
+    *,
+    only_won: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Play the expert and write one JSON line per step (loadable with `datasets.load_dataset("json")`).
 
