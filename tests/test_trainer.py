@@ -410,3 +410,21 @@ def test_rl_command_trains_and_saves(tmp_path, tiny_model_dir, alfworld_tasks, c
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     card = (out / "README.md").read_text()
     assert "advantage estimator: `grpo`" in card and "environment: `alfworld`" in card
+
+
+def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():
+    """The trainer-vs-vLLM log-prob gap skips padding and tokens vLLM gave no log-prob for (NaN)."""
+    import torch
+
+    from gcd_trl.trainer import AgentGRPOTrainer
+
+    nan = float("nan")
+    mb = {
+        "completion_mask": torch.tensor([[1, 1, 0], [1, 1, 1]]),
+        "old_per_token_logps": torch.tensor([[-1.0, -2.0, -9.0], [-1.0, -1.0, -1.0]]),
+        "sampling_per_token_logps": torch.tensor([[-1.5, -2.0, 0.0], [nan, nan, nan]]),
+        "importance_sampling_ratio": torch.tensor([[0.5], [1.0]]),
+    }
+    gap, ratio = AgentGRPOTrainer._sampling_gap(mb)
+    assert gap.tolist() == [0.5, 0.0]
+    assert ratio.tolist() == [0.5, 0.5]

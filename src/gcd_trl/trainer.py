@@ -323,7 +323,7 @@ class AgentGRPOTrainer(GRPOTrainer):
             num_microbatches=max(num_mb, 1),
         )
         plan = equalize_microbatches(plan, totals.num_microbatches)
-        microbatches, factors = [], []
+        microbatches, factors, gaps = [], [], []
         t_logps = time.perf_counter()
         for idx in plan:
             mb = self._collate([samples[i] for i in idx])
@@ -332,8 +332,12 @@ class AgentGRPOTrainer(GRPOTrainer):
             )
             mb["num_items_in_batch"] = torch.tensor(num_items, device=device)
             self._add_old_and_ref_logps(mb)
+            if "old_per_token_logps" in mb and "sampling_per_token_logps" in mb:
+                gaps.append(self._sampling_gap(mb))
             microbatches.append(mb)
             factors.append(factor)
+        if gaps:
+            self._log_sampling_gap(gaps)
         return _Round(microbatches, factors, index, plan, totals, time.perf_counter() - t_logps)
 
     def _round_counts(self, num_microbatches: int, rows: int, tokens: int) -> tuple[int, int, int]:
@@ -382,7 +386,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         }
         if self.use_vllm:
             logps = [
-                torch.tensor([math.nan if x is None else x for x in (s.logprobs or [0.0] * len(c))])
+                torch.tensor([math.nan if x is None else x for x in (s.logprobs or [math.nan] * len(c))])
                 for s, c in zip(samples, completions)
             ]
             mb["sampling_per_token_logps"] = pad(logps, padding_value=0.0, padding_side="right").to(device)
@@ -420,6 +424,32 @@ class AgentGRPOTrainer(GRPOTrainer):
                             self.model, input_ids, attention_mask, keep
                         )[0]
                 mb["ref_per_token_logps"] = ref
+
+    @staticmethod
+    def _sampling_gap(mb: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """|trainer - vLLM| log-prob per real completion token, and the IS ratio of those tokens."""
+        keep = mb["completion_mask"].bool() & ~torch.isnan(mb["sampling_per_token_logps"])
+        gap = (mb["old_per_token_logps"] - mb["sampling_per_token_logps"]).abs()[keep]
+        ratio = mb.get("importance_sampling_ratio")
+        if ratio is None:
+            ratio = torch.ones_like(gap)
+        else:
+            ratio = ratio.expand_as(keep)[keep]
+        return gap.float().cpu(), ratio.float().cpu()
+
+    def _log_sampling_gap(self, gaps: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Round-level gap between the trainer's and vLLM's log-probs (TRL's metric names). It stays near
+        zero only while vLLM holds the trainer's current weights: the check that weight sync works."""
+        gap = torch.cat([g for g, _ in gaps])
+        ratio = torch.cat([r for _, r in gaps])
+        if gap.numel() == 0:
+            return
+        m = self._metrics["train"]
+        m["sampling/sampling_logp_difference/mean"].append(gap.mean().item())
+        m["sampling/sampling_logp_difference/max"].append(gap.max().item())
+        m["sampling/importance_sampling_ratio/min"].append(ratio.min().item())
+        m["sampling/importance_sampling_ratio/mean"].append(ratio.mean().item())
+        m["sampling/importance_sampling_ratio/max"].append(ratio.max().item())
 
     def _vllm_is_ratio(self, mb: dict[str, Any]) -> torch.Tensor:
         """TRL's vLLM importance-sampling correction (same modes and clipping), for one micro-batch."""

@@ -131,8 +131,8 @@ def _resume_arg(value):
     return value or None
 
 
-def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
-    """Build the trainer and run it (model loading happens here)."""
+def build_trainer(train_args, env_args, gcd_args, model_args, tasks):
+    """The AgentGRPOTrainer for a prepared config (model loading happens here)."""
     import torch
     from datasets import Dataset
     from trl import get_peft_config, get_quantization_config
@@ -154,7 +154,7 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
     model_init_kwargs.update(train_args.model_init_kwargs or {})
     train_args.model_init_kwargs = model_init_kwargs
     dataset = Dataset.from_list([t.to_dict() for t in tasks])
-    trainer = AgentGRPOTrainer(
+    return AgentGRPOTrainer(
         model_args.model_name_or_path,
         args=train_args,
         train_dataset=dataset,
@@ -163,6 +163,11 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
+
+
+def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
+    """Build the trainer, run it, save the model and its card (and push them when asked)."""
+    trainer = build_trainer(train_args, env_args, gcd_args, model_args, tasks)
     try:
         trainer.train(resume_from_checkpoint=_resume_arg(train_args.resume_from_checkpoint))
         trainer.save_model(train_args.output_dir)
