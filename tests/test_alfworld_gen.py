@@ -178,8 +178,32 @@ def test_walkthroughs_win_through_alfworld_loader(games):
     assert played == set(tw_env.game_files)
 
 
-def test_handcoded_expert_wins(games):
-    """alfworld's handcoded expert (wrappers as AlfredTWEnv stacks them for training) wins generated games.
+def test_games_speak_the_released_games_words(games):
+    """Default (dataset) grammar: commands and feedback read as in ALFWorld's json_2.1.1 games."""
+    _, dirs, _ = games
+    for d in dirs:
+        game = json.loads((Path(d) / GAME_FILE).read_text())
+        assert 'template :: "put {o} in/on {r}";' in game["grammar"]
+        assert "move {o} to {r}" not in game["grammar"]
+        assert "You arrive at {lend.name}." in game["grammar"]
+    puts = [c for d in dirs for c in json.loads((Path(d) / GAME_FILE).read_text())["walkthrough"] if " in/on " in c]
+    assert puts and all(c.startswith("put ") for c in puts)
+
+
+def test_unknown_grammar_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="grammar must be one of"):
+        generate_games(tmp_path, 1, seed=0, grammar="alfred")
+
+
+@pytest.fixture(scope="module")
+def wheel_games(tmp_path_factory) -> list[str]:
+    return generate_games(tmp_path_factory.mktemp("wheel_games"), 2, seed=0, grammar="wheel")
+
+
+def test_handcoded_expert_wins(wheel_games):
+    """alfworld's handcoded expert (wrappers as AlfredTWEnv stacks them for training) wins generated games
+    in the wheel's own grammar, the only words it speaks ("move X to Y"); gcd-trl's env translates them
+    for dataset-grammar games.
 
     Two small-scene games keep this quick (it loops on pick_two in alfworld 0.4.2: "move" commands are
     not recognised as putting down).
@@ -188,7 +212,7 @@ def test_handcoded_expert_wins(games):
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
     from textworld.envs import PddlEnv
 
-    _, dirs, _ = games
+    dirs = wheel_games
     infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
     env = AlfredExpert(AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=False)), expert_type="handcoded")
     random.seed(0)  # the expert breaks ties at random

@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, help="Output directory.")
     gen.add_argument("--num", type=int, required=True, help="Number of games.")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--grammar", choices=("dataset", "wheel"), default="dataset",
+                     help="Command wording: 'dataset' as ALFWorld's released games ('put X in/on Y'), "
+                          "'wheel' as alfworld 0.4.2's own grammar ('move X to Y'). Default dataset.")
     gen.add_argument("--task-types", type=int, nargs="+", default=None, metavar="T",
                      help="ALFWorld task types 1-6 (default: all).")
     gen.set_defaults(func=run_generate)
@@ -91,7 +94,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from gcd_trl.envs.alfworld_gen import generate_games
 
     try:
-        games = generate_games(str(out), args.num, args.seed, task_types=types)
+        games = generate_games(str(out), args.num, args.seed, task_types=types, grammar=args.grammar)
     except (ValueError, RuntimeError) as err:
         return _error(err)
     print(json.dumps({"out": str(out), "games": len(games), "seed": args.seed, "task_types": list(types)}))

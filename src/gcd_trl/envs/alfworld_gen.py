@@ -534,19 +534,45 @@ def _traj_data(g: _Game, trial: str, seed: int, index: int) -> dict[str, Any]:
     }
 
 
+GRAMMARS = ("dataset", "wheel")
+
+# The wheel's grammar (alfworld 0.4.2) reworded as ALFWorld's released json_2.1.1 games say it, which is
+# what evaluation plays and what the paper trained on: "put X in/on Y" instead of "move X to Y", and
+# "You arrive at loc N." instead of "You arrive at <receptacle>.".
+_DATASET_EDITS = (
+    ('template :: "move {o} to {r}";', 'template :: "put {o} in/on {r}";'),
+    ('"You move the {o.name} to the {r.name}."', '"You put the {o.name} in/on the {r.name}."'),
+    ('"You arrive at {r.name}. #examineReceptacle.feedback#"', '"You arrive at {lend.name}. #examineReceptacle.feedback#"'),
+    ("move (object) to (receptacle):  place", "put (object) in/on (receptacle): place"),
+)
+
+
+def game_grammar(style: str = "dataset") -> str:
+    """The text grammar generated games are written with: `dataset` (json_2.1.1 wording) or `wheel`."""
+    if style not in GRAMMARS:
+        raise ValueError(f"grammar must be one of {GRAMMARS}, got {style!r}")
+    grammar = _wheel()["grammar"]
+    if style == "wheel":
+        return grammar
+    for old, new in _DATASET_EDITS:
+        if old not in grammar:
+            raise RuntimeError(f"alfworld's alfred.twl2 no longer contains {old!r}; unsupported alfworld version")
+        grammar = grammar.replace(old, new)
+    return grammar
+
+
 # ------------------------------------------------------------------------------------------------- planning
 class _Planner:
     """fast-downward through textworld's PDDL state: the planner behind the engine's `policy_commands`."""
 
-    def __init__(self) -> None:
+    def __init__(self, grammar: str) -> None:
         import fast_downward
         from textworld.envs.pddl import logic as pddl_logic
 
-        w = _wheel()
         self._pddl = pddl_logic
         self._lib = fast_downward.load_lib()
         # The grammar's task line does not change any command: one parsed logic serves every game.
-        self._logic = pddl_logic.GameLogic(domain=w["domain"], grammar=w["grammar"])
+        self._logic = pddl_logic.GameLogic(domain=_wheel()["domain"], grammar=grammar)
 
     def _load(self, problem: str, game_ids: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
         """The initial state and its entities, named as alfworld's demangler names them in the game.
@@ -629,6 +655,7 @@ def generate_games(
     *,
     max_attempts: int = 20,
     verify: bool = True,
+    grammar: str = "dataset",
     stats: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write `num` planner-checked games under `out_dir`; return their directories in index order.
@@ -637,8 +664,10 @@ def generate_games(
     `out_dir/<task>-<Obj>-None-<Parent|Toggle>-<scene>/trial_gen_<seed>_<i>/` with `game.tw-pddl` and
     `traj_data.json`, as in alfworld's json_2.1.1. A draw the planner cannot solve is discarded and
     redrawn, up to `max_attempts` per game. `verify` also replays each walkthrough on the full game
-    state (fast-downward's, as the engine steps it) before keeping the game. `stats`, when given,
-    receives counts and timings.
+    state (fast-downward's, as the engine steps it) before keeping the game. `grammar`: `dataset`
+    words commands and feedback as the released json_2.1.1 games do ("put X in/on Y", "You arrive at
+    loc N."), so training on generated games matches evaluation on real ones; `wheel` keeps alfworld
+    0.4.2's own wording ("move X to Y"). `stats`, when given, receives counts and timings.
     """
     types = _normalize_task_types(task_types)
     if isinstance(num, bool) or not isinstance(num, int) or num < 0:
@@ -658,7 +687,8 @@ def generate_games(
             f"out_dir {out_dir!r} contains 'movable' or 'Sliced': alfworld's loader skips such paths"
         )
     w = _wheel()
-    planner = _Planner() if num else None
+    text_grammar = game_grammar(grammar)
+    planner = _Planner(text_grammar) if num else None
     counts = {
         "games": 0,
         "draws": 0,
@@ -698,7 +728,7 @@ def generate_games(
         os.makedirs(game_dir, exist_ok=True)
         game = {
             "pddl_domain": w["domain"],
-            "grammar": w["grammar"].replace("UNKNOWN GOAL", g.goal_text),
+            "grammar": text_grammar.replace("UNKNOWN GOAL", g.goal_text),
             "pddl_problem": problem,
             "solvable": True,
             "walkthrough": walkthrough,
