@@ -77,7 +77,8 @@ def alfworld_lines(game_files: list[str], seed: int, max_steps: int) -> set[str]
                 lines.update(split_lines(ann.get("task_desc", "")))
         try:
             env = textworld.start(
-                game_file, request_infos=infos,
+                game_file,
+                request_infos=infos,
                 wrappers=[AlfredDemangler(), AlfredInfos, AlfredExpert(expert_type="handcoded")],
             )
             state = env.reset()
@@ -259,8 +260,9 @@ def main() -> None:
     t0 = time.time()
     lines: set[str] = set()
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = {pool.submit(_job, kind, items, args.seed, n): (kind, len(items))
-                   for kind, items, n in jobs}
+        futures = {
+            pool.submit(_job, kind, items, args.seed, n): (kind, len(items)) for kind, items, n in jobs
+        }
         for fut in as_completed(futures):
             got = fut.result()
             kind, n_items = futures[fut]

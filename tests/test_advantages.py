@@ -30,12 +30,23 @@ EPS = 1e-6
 
 
 def rec(group, traj, step, *, ep=0.0, r=0.0, anchor="s", invalid=False, tag="planning", action="a"):
-    return dict(group=group, traj=traj, step=step, anchor=anchor, episode_reward=ep, step_reward=r,
-                invalid=invalid, tag=tag, action=action)
+    return dict(
+        group=group,
+        traj=traj,
+        step=step,
+        anchor=anchor,
+        episode_reward=ep,
+        step_reward=r,
+        invalid=invalid,
+        tag=tag,
+        action=action,
+    )
 
 
 def terms(records, estimator, **kw):
-    return compute_advantage_terms(records_to_batch(records, estimator), AdvantageConfig(estimator=estimator, **kw))
+    return compute_advantage_terms(
+        records_to_batch(records, estimator), AdvantageConfig(estimator=estimator, **kw)
+    )
 
 
 # --------------------------------------------------------------------------------------------- GRPO
@@ -66,9 +77,12 @@ def test_grpo_over_trajectories():
 
 def test_grpo_mean_only():
     # norm="mean": steps -> 1 - 1/3 = 2/3 and 0 - 1/3 = -1/3; trajectories -> 1 - 0.5 and 0 - 0.5.
-    np.testing.assert_allclose(compute_advantages(_grpo_group(), "grpo", norm="mean"), [2 / 3] * 2 + [-1 / 3] * 4)
     np.testing.assert_allclose(
-        compute_advantages(_grpo_group(), "grpo", norm="mean", grpo_level="trajectories"), [0.5] * 2 + [-0.5] * 4
+        compute_advantages(_grpo_group(), "grpo", norm="mean"), [2 / 3] * 2 + [-1 / 3] * 4
+    )
+    np.testing.assert_allclose(
+        compute_advantages(_grpo_group(), "grpo", norm="mean", grpo_level="trajectories"),
+        [0.5] * 2 + [-0.5] * 4,
     )
 
 
@@ -94,8 +108,11 @@ def test_groups_are_independent_and_all_equal_group_gives_zero():
             assert np.all(adv[6:] == 0.0)
             assert adv[0] > 0 > adv[2]
     for estimator in ("gigpo", "rlvmr"):
-        same = [rec("g", t, s, ep=1.0, r=0.0, anchor=f"s{s}", tag="monitor", action=f"a{s}")
-                for t in range(4) for s in range(3)]
+        same = [
+            rec("g", t, s, ep=1.0, r=0.0, anchor=f"s{s}", tag="monitor", action=f"a{s}")
+            for t in range(4)
+            for s in range(3)
+        ]
         assert np.all(compute_advantages(same, estimator) == 0.0)
 
 
@@ -154,7 +171,8 @@ def test_gigpo_matches_verl_agent_numbers():
     np.testing.assert_allclose(out.step, step, atol=1e-6)
     np.testing.assert_allclose(out.step_signal, [0.25, 0.5, 1, 0, -0.1, 0, 0.5, 1], atol=1e-12)
     np.testing.assert_allclose(
-        out.total, [0.7233641, 1.8640074, 0.7233641, -2.1433780, -2.0559205, -1.5581614, 1.7233601, 0.7233641],
+        out.total,
+        [0.7233641, 1.8640074, 0.7233641, -2.1433780, -2.0559205, -1.5581614, 1.7233601, 0.7233641],
         atol=1e-6,
     )
 
@@ -163,7 +181,9 @@ def test_gigpo_mean_norm():
     # mode "mean_norm": episode x - 0.6125 (A, C: 0.3875; B0/B2: -0.6125; B1: -0.7125);
     # step s0: R - 0.25 -> 0, -0.25, 0.25; s1: R - 0.1333333 -> 0.3666667, -0.2333333, -0.1333333; singletons 0.
     out = terms(_gigpo_example(), "gigpo", gamma=0.5, norm="mean")
-    np.testing.assert_allclose(out.episode, [0.3875] * 3 + [-0.6125, -0.7125, -0.6125] + [0.3875] * 2, atol=1e-12)
+    np.testing.assert_allclose(
+        out.episode, [0.3875] * 3 + [-0.6125, -0.7125, -0.6125] + [0.3875] * 2, atol=1e-12
+    )
     m = 0.4 / 3
     np.testing.assert_allclose(out.step, [0, 0.5 - m, 0, -0.25, -0.1 - m, -m, 0.25, 0], atol=1e-12)
 
@@ -178,9 +198,16 @@ def test_gigpo_omega_weights_the_step_advantage():
 def test_discounted_returns_follow_step_order_not_record_order():
     # Trajectory t: steps 0..3 with rewards 1, 0, 0, 2, records shuffled. gamma = 0.5:
     # R3 = 2; R2 = 0 + 0.5*2 = 1; R1 = 0 + 0.5*1 = 0.5; R0 = 1 + 0.5*0.5 = 1.25. Trajectory u: one step, r=3.
-    records = [rec("g", "t", 2, r=0), rec("g", "u", 0, r=3), rec("g", "t", 0, r=1), rec("g", "t", 3, r=2),
-               rec("g", "t", 1, r=0)]
-    np.testing.assert_allclose(discounted_returns(records_to_batch(records, "gigpo"), 0.5), [1, 3, 1.25, 2, 0.5])
+    records = [
+        rec("g", "t", 2, r=0),
+        rec("g", "u", 0, r=3),
+        rec("g", "t", 0, r=1),
+        rec("g", "t", 3, r=2),
+        rec("g", "t", 1, r=0),
+    ]
+    np.testing.assert_allclose(
+        discounted_returns(records_to_batch(records, "gigpo"), 0.5), [1, 3, 1.25, 2, 0.5]
+    )
     np.testing.assert_allclose(discounted_returns(records_to_batch(records, "gigpo"), 1.0), [2, 3, 3, 2, 2])
 
 
@@ -194,8 +221,11 @@ def test_gigpo_singleton_step_group_gets_zero():
 def test_gigpo_identical_anchors_group_within_episode_group_only():
     # Same anchor text in two episode groups: separate step groups. In g the two "room" steps pool together
     # (returns 1 and 0 -> +0.5/-0.5 with norm="mean"); in h "room" is alone -> 0.
-    records = [rec("g", 0, 0, r=1, anchor="room"), rec("g", 1, 0, r=0, anchor="room"),
-               rec("h", 0, 0, r=5, anchor="room")]
+    records = [
+        rec("g", 0, 0, r=1, anchor="room"),
+        rec("g", 1, 0, r=0, anchor="room"),
+        rec("h", 0, 0, r=5, anchor="room"),
+    ]
     out = terms(records, "gigpo", norm="mean", invalid_penalty=0.0)
     np.testing.assert_allclose(out.step, [0.5, -0.5, 0.0])
     keys, n = step_group_keys(records_to_batch(records, "gigpo"))
@@ -209,8 +239,12 @@ def test_gigpo_similarity_threshold_groups_like_verl_agent():
     # is only 0.5 from the representative "aaaa" and founds cluster 1, although 0.75 from "aaab".
     assert SequenceMatcher(None, "aaab", "aaaa").ratio() == 0.75
     assert SequenceMatcher(None, "aabb", "aaaa").ratio() == 0.5
-    records = [rec("g", 0, 0, anchor="aaaa"), rec("g", 1, 0, anchor="aaab"), rec("g", 2, 0, anchor="aabb"),
-               rec("g", 3, 0, anchor="aaab")]
+    records = [
+        rec("g", 0, 0, anchor="aaaa"),
+        rec("g", 1, 0, anchor="aaab"),
+        rec("g", 2, 0, anchor="aabb"),
+        rec("g", 3, 0, anchor="aaab"),
+    ]
     batch = records_to_batch(records, "gigpo")
     keys, n = step_group_keys(batch, 0.7)
     assert n == 2 and keys.tolist() == [0, 0, 1, 0]
@@ -229,8 +263,11 @@ def test_gigpo_similarity_threshold_groups_like_verl_agent():
 def test_invalid_penalty_enters_gigpo_after_discounting():
     # One trajectory s0 -> s1 -> s2 with step 1 invalid, r = [0, 0, 1], gamma 0.5, penalty 0.1:
     # before discounting the returns would be 0.25-0.05, 0.5-0.1, 1; after (verl-agent): 0.25, 0.4, 1.
-    records = [rec("g", 0, 0, anchor="s0"), rec("g", 0, 1, anchor="s1", invalid=True),
-               rec("g", 0, 2, r=1, anchor="s2")]
+    records = [
+        rec("g", 0, 0, anchor="s0"),
+        rec("g", 0, 1, anchor="s1", invalid=True),
+        rec("g", 0, 2, r=1, anchor="s2"),
+    ]
     out = terms(records, "gigpo", gamma=0.5, invalid_penalty=0.1)
     np.testing.assert_allclose(out.step_signal, [0.25, 0.4, 1.0])
     out = terms(records, "gigpo", gamma=0.5, invalid_penalty=0.0)
@@ -264,8 +301,12 @@ def _rlvmr_trajectories():
 
 def _rlvmr_records():
     won, lost = _rlvmr_trajectories()
-    records = [rec("g", "won", i, ep=1.0, tag=t, action=a, invalid=bad) for i, (t, a, bad, _) in enumerate(won)]
-    records += [rec("g", "lost", i, ep=0.0, tag=t, action=a, invalid=bad) for i, (t, a, bad, _) in enumerate(lost)]
+    records = [
+        rec("g", "won", i, ep=1.0, tag=t, action=a, invalid=bad) for i, (t, a, bad, _) in enumerate(won)
+    ]
+    records += [
+        rec("g", "lost", i, ep=0.0, tag=t, action=a, invalid=bad) for i, (t, a, bad, _) in enumerate(lost)
+    ]
     return records, [x[3] for x in won] + [x[3] for x in lost]
 
 
@@ -289,9 +330,14 @@ def test_rlvmr_advantage_normalises_within_group_and_tag():
     # Episode: scores [1,1,1,0,0,0] - mean 0.5 -> +0.5 / -0.5.
     # (g, planning): [1, 0] -> mean 0.5 -> +0.5, -0.5; (g, explore): [1, 0, 1] -> mean 2/3 -> 1/3, -2/3, 1/3;
     # (g, monitor): a single step -> RLVMR keeps its raw value (mean 0) -> 0.
-    records = [rec("g", "w", 0, ep=1, tag="planning", action="p"), rec("g", "w", 1, ep=1, tag="explore", action="a"),
-               rec("g", "w", 2, ep=1, tag="explore", action="a"), rec("g", "l", 0, ep=0, tag="planning", action="p"),
-               rec("g", "l", 1, ep=0, tag="explore", action="b"), rec("g", "l", 2, ep=0, tag="monitor", action="m")]
+    records = [
+        rec("g", "w", 0, ep=1, tag="planning", action="p"),
+        rec("g", "w", 1, ep=1, tag="explore", action="a"),
+        rec("g", "w", 2, ep=1, tag="explore", action="a"),
+        rec("g", "l", 0, ep=0, tag="planning", action="p"),
+        rec("g", "l", 1, ep=0, tag="explore", action="b"),
+        rec("g", "l", 2, ep=0, tag="monitor", action="m"),
+    ]
     out = terms(records, "rlvmr", norm="mean")
     np.testing.assert_allclose(out.step_signal, [1, 1, 0, 0, 1, 0])
     np.testing.assert_allclose(out.episode, [0.5] * 3 + [-0.5] * 3)
@@ -320,8 +366,10 @@ def test_rlvmr_untagged_step_is_penalised_like_an_invalid_one():
 
 # ------------------------------------------------------------------------ loop-based cross-check
 
+
 def _reference(records, estimator, gamma, omega, norm, penalty, level):
     """Slow dict-of-lists version of the same rules (the shape of verl-agent's / RLVMR's loops)."""
+
     def stats(values, singleton):
         if len(values) == 1:
             return (values[0] if singleton == "zero" else 0.0), 1.0
@@ -340,7 +388,7 @@ def _reference(records, estimator, gamma, omega, norm, penalty, level):
     score = [r["episode_reward"] - penalty * b for r, b in zip(records, bad)]
     pool = defaultdict(list)
     for (g, _), idx in trajs.items():
-        for i in (idx if level == "steps" else idx[:1]):
+        for i in idx if level == "steps" else idx[:1]:
             pool[g].append(score[i])
     gstats = {g: stats(v, "raw") for g, v in pool.items()}
     episode = [norm_(score[i], *gstats[records[i]["group"]]) for i in range(n)]
@@ -366,7 +414,9 @@ def _reference(records, estimator, gamma, omega, norm, penalty, level):
                 if tag == "planning":
                     mr[i] = float(r["episode_reward"] > 0)
                 elif tag == "explore":
-                    mr[i] = float(not any(records[k]["action"] == r["action"] and not bad[k] for k in idx[:j]))
+                    mr[i] = float(
+                        not any(records[k]["action"] == r["action"] and not bad[k] for k in idx[:j])
+                    )
                 elif tag == "reflection" and j > 0:
                     p = idx[j - 1]
                     mr[i] = float(bad[p] and records[p]["action"] != r["action"])
@@ -388,17 +438,25 @@ def test_vectorised_matches_loop_reference(estimator):
             length = rng.randint(1, 7)
             won = rng.random() < 0.4
             for s in rng.sample(range(length), length):  # shuffled record order
-                records.append(rec(
-                    f"g{g}", t, s, ep=float(won) * 10, r=(10.0 if won and s == length - 1 else rng.choice([0, 0, 1])),
-                    anchor=f"obs{rng.randint(0, 3)}", invalid=rng.random() < 0.2,
-                    tag=rng.choice(["planning", "explore", "reflection", "monitor", None]),
-                    action=f"act{rng.randint(0, 3)}",
-                ))
+                records.append(
+                    rec(
+                        f"g{g}",
+                        t,
+                        s,
+                        ep=float(won) * 10,
+                        r=(10.0 if won and s == length - 1 else rng.choice([0, 0, 1])),
+                        anchor=f"obs{rng.randint(0, 3)}",
+                        invalid=rng.random() < 0.2,
+                        tag=rng.choice(["planning", "explore", "reflection", "monitor", None]),
+                        action=f"act{rng.randint(0, 3)}",
+                    )
+                )
     rng.shuffle(records)
     for norm in ("mean_std", "mean"):
         for level in ("steps", "trajectories"):
-            got = compute_advantages(records, estimator, gamma=0.9, omega=0.7, norm=norm, invalid_penalty=0.3,
-                                     grpo_level=level)
+            got = compute_advantages(
+                records, estimator, gamma=0.9, omega=0.7, norm=norm, invalid_penalty=0.3, grpo_level=level
+            )
             want = _reference(records, estimator, 0.9, 0.7, norm, 0.3, level)
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
@@ -410,11 +468,28 @@ def test_step_record_dicts_are_accepted():
     # StepRecord.to_dict() fields: valid instead of invalid, won (at the last step) instead of episode_reward,
     # env_reward instead of step_reward.
     def step_record(traj, step, won, valid=True):
-        return dict(group="task", traj=traj, step=step, anchor=f"obs{step}", prompt="p", completion="c",
-                    action="look", valid=valid, reason="", tag=None, env_reward=float(won), done=won, won=won)
+        return dict(
+            group="task",
+            traj=traj,
+            step=step,
+            anchor=f"obs{step}",
+            prompt="p",
+            completion="c",
+            action="look",
+            valid=valid,
+            reason="",
+            tag=None,
+            env_reward=float(won),
+            done=won,
+            won=won,
+        )
 
-    records = [step_record(0, 0, False), step_record(0, 1, True), step_record(1, 0, False, valid=False),
-               step_record(1, 1, False)]
+    records = [
+        step_record(0, 0, False),
+        step_record(0, 1, True),
+        step_record(1, 0, False, valid=False),
+        step_record(1, 1, False),
+    ]
     batch = records_to_batch(records, "gigpo")
     assert batch.episode_reward.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert batch.invalid.tolist() == [False, False, True, False]
@@ -423,8 +498,14 @@ def test_step_record_dicts_are_accepted():
 
 
 def test_from_columns_and_empty_batch():
-    batch = StepBatch.from_columns(group=np.array([7, 7]), traj=np.array([0, 1]), step=[0, 0],
-                                   episode_reward=[1.0, 0.0], invalid=[False, False], anchor=["x", "x"])
+    batch = StepBatch.from_columns(
+        group=np.array([7, 7]),
+        traj=np.array([0, 1]),
+        step=[0, 0],
+        episode_reward=[1.0, 0.0],
+        invalid=[False, False],
+        anchor=["x", "x"],
+    )
     np.testing.assert_allclose(compute_advantages(batch, "grpo", norm="mean"), [0.5, -0.5])
     assert compute_advantages([], "grpo").shape == (0,)
 
@@ -479,18 +560,37 @@ PY = str(Path(sys.executable))
 
 
 def _cli(*args, stdin=None):
-    return subprocess.run([PY, "-m", "gcd_trl", "advantages", *args], input=stdin, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [PY, "-m", "gcd_trl", "advantages", *args], input=stdin, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_round_trip(tmp_path):
     records = _gigpo_example()
     src = tmp_path / "steps.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in records[:4]) + "\n\n" + "\n".join(
-        json.dumps(r) for r in records[4:]) + "\n")
+    src.write_text(
+        "\n".join(json.dumps(r) for r in records[:4])
+        + "\n\n"
+        + "\n".join(json.dumps(r) for r in records[4:])
+        + "\n"
+    )
     out = tmp_path / "adv.jsonl"
-    res = _cli("--estimator", "gigpo", "--input", str(src), "--output", str(out), "--gamma", "0.5",
-               "--omega", "1.0", "--norm", "mean_std", "--invalid-penalty", "0.1")
+    res = _cli(
+        "--estimator",
+        "gigpo",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--gamma",
+        "0.5",
+        "--omega",
+        "1.0",
+        "--norm",
+        "mean_std",
+        "--invalid-penalty",
+        "0.1",
+    )
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["anchor"] for r in rows] == [r["anchor"] for r in records]  # same records, same order
@@ -501,13 +601,24 @@ def test_cli_round_trip(tmp_path):
     assert rows[1]["advantage"] == pytest.approx(1.8640074, abs=1e-6)
 
     # stdout by default, stdin with "-", other options
-    res = _cli("--estimator", "grpo", "--input", "-", "--grpo-level", "trajectories", "--norm", "mean",
-               stdin=src.read_text())
+    res = _cli(
+        "--estimator",
+        "grpo",
+        "--input",
+        "-",
+        "--grpo-level",
+        "trajectories",
+        "--norm",
+        "mean",
+        stdin=src.read_text(),
+    )
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(rows) == 8 and all(r["step_advantage"] == 0.0 for r in rows)
     # A's first score 1, B's 0, C's 1 -> mean 2/3
-    assert rows[0]["advantage"] == pytest.approx(1 / 3) and rows[4]["advantage"] == pytest.approx(-0.1 - 2 / 3)
+    assert rows[0]["advantage"] == pytest.approx(1 / 3) and rows[4]["advantage"] == pytest.approx(
+        -0.1 - 2 / 3
+    )
 
 
 def test_cli_bad_input_names_line_and_field(tmp_path):

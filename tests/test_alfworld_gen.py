@@ -96,8 +96,10 @@ def test_layout_and_fields(games):
 def test_same_seed_same_bytes_in_another_process(games, tmp_path):
     out, _, _ = games
     other = tmp_path / "again"
-    code = ("import sys; from gcd_trl.envs.alfworld_gen import generate_games; "
-            "generate_games(sys.argv[1], 6, 0, verify=False)")  # verify changes no byte
+    code = (
+        "import sys; from gcd_trl.envs.alfworld_gen import generate_games; "
+        "generate_games(sys.argv[1], 6, 0, verify=False)"
+    )  # verify changes no byte
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # set/dict orders must not leak into the files
     subprocess.run([sys.executable, "-c", code, str(other)], check=True, env=env, timeout=600)
     assert _files(other) == _files(out)
@@ -135,7 +137,9 @@ def test_exhausted_attempts_raise_a_clear_error(tmp_path, monkeypatch):
     from gcd_trl.envs import alfworld_gen
 
     monkeypatch.setattr(alfworld_gen._Planner, "plan", lambda self, *args: [])  # a planner that never solves
-    with pytest.raises(RuntimeError, match=r"could not generate a solvable pick_and_place_simple game.*2 attempts"):
+    with pytest.raises(
+        RuntimeError, match=r"could not generate a solvable pick_and_place_simple game.*2 attempts"
+    ):
         generate_games(tmp_path, 1, 0, task_types=(1,), max_attempts=2)
     assert not any(tmp_path.iterdir())
 
@@ -146,7 +150,7 @@ def _check_names(obs: str, admissible: list[str]) -> None:
     assert listed, room
     for command in admissible:
         if command.startswith("go to "):
-            assert NAME.fullmatch(command[len("go to "):]), command
+            assert NAME.fullmatch(command[len("go to ") :]), command
 
 
 def test_walkthroughs_win_through_alfworld_loader(games):
@@ -155,8 +159,12 @@ def test_walkthroughs_win_through_alfworld_loader(games):
 
     out, dirs, _ = games
     config = {
-        "env": {"goal_desc_human_anns_prob": 0, "task_types": list(TASK_TYPES), "expert_type": "handcoded",
-                "domain_randomization": False},
+        "env": {
+            "goal_desc_human_anns_prob": 0,
+            "task_types": list(TASK_TYPES),
+            "expert_type": "handcoded",
+            "domain_randomization": False,
+        },
         "dataset": {"eval_ood_data_path": str(out), "num_eval_games": -1},
         "general": {"training_method": "dagger"},
         "dagger": {"training": {"max_nb_steps_per_episode": 100}},
@@ -186,7 +194,12 @@ def test_games_speak_the_released_games_words(games):
         assert 'template :: "put {o} in/on {r}";' in game["grammar"]
         assert "move {o} to {r}" not in game["grammar"]
         assert "You arrive at {lend.name}." in game["grammar"]
-    puts = [c for d in dirs for c in json.loads((Path(d) / GAME_FILE).read_text())["walkthrough"] if " in/on " in c]
+    puts = [
+        c
+        for d in dirs
+        for c in json.loads((Path(d) / GAME_FILE).read_text())["walkthrough"]
+        if " in/on " in c
+    ]
     assert puts and all(c.startswith("put ") for c in puts)
 
 

@@ -22,10 +22,18 @@ SHORT_SCIENCEWORLD_TASK = "lifespan-longest-lived"  # gold path of about 6 steps
 
 def cli(*args, check=True):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "gcd_trl", "env", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gcd_trl", "env", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"gcd-trl env {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"gcd-trl env {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -56,11 +64,17 @@ def short_games(shared_dir, tmp_path_factory):
         (["replay", "--env", "alfworld", "--games", ".", "--limit", "0"], "--limit must be >= 1"),
         (["replay", "--env", "alfworld", "--games", ".", "--max-steps", "0"], "--max-steps must be >= 1"),
         (["replay", "--env", "alfworld", "--games", ".", "--task-types", "7"], "--task-types must be in 1-6"),
-        (["replay", "--env", "alfworld", "--games", ".", "--task-names", "boil"], "--task-names is for scienceworld"),
+        (
+            ["replay", "--env", "alfworld", "--games", ".", "--task-names", "boil"],
+            "--task-names is for scienceworld",
+        ),
         (["replay", "--env", "alfworld", "--games", ".", "--template", "nope"], "neither a built-in"),
         (["expert", "--env", "alfworld", "--games", ".", "--out", "."], "is a directory"),
         (["generate-alfworld", "--out", "x", "--num", "0"], "--num must be >= 1"),
-        (["generate-alfworld", "--out", "x", "--num", "1", "--task-types", "0"], "--task-types must be in 1-6"),
+        (
+            ["generate-alfworld", "--out", "x", "--num", "1", "--task-types", "0"],
+            "--task-types must be in 1-6",
+        ),
         (["generate-alfworld", "--out", "x", "--num", "1", "--seed", "-1"], "--seed must be >= 0"),
     ],
 )
@@ -92,13 +106,17 @@ def test_cli_bad_args_exit_code_via_subprocess():
 # ---- ALFWorld ------------------------------------------------------------------------------------------
 def test_alfworld_expert_jsonl_and_replay(short_games, tmp_path):
     out = tmp_path / "expert.jsonl"
-    summary = json.loads(cli("expert", "--env", "alfworld", "--games", str(short_games), "--out", str(out)).stdout)
+    summary = json.loads(
+        cli("expert", "--env", "alfworld", "--games", str(short_games), "--out", str(out)).stdout
+    )
     assert summary["episodes"] == 2 and summary["success"] == 1.0 and summary["num_faults"] == 0
     assert set(summary["by_type"]) == {"look_at_obj_in_light", "pick_and_place_simple"}
 
     ds = load_jsonl(out)
     assert len(ds) == summary["records"] > 2
-    assert {"task", "prompt", "completion", "action", "observation", "won", "step", "episode"} <= set(ds.column_names)
+    assert {"task", "prompt", "completion", "action", "observation", "won", "step", "episode"} <= set(
+        ds.column_names
+    )
     for row in ds:
         assert row["won"] is True and row["task"]["env"] == "alfworld"
         parsed = parse_output(row["completion"], None)
@@ -108,16 +126,20 @@ def test_alfworld_expert_jsonl_and_replay(short_games, tmp_path):
     first = [r for r in ds if r["step"] == 0]
     assert len(first) == 2 and all("Prior to this step" not in r["prompt"] for r in first)
 
-    replay = json.loads(cli("replay", "--env", "alfworld", "--games", str(short_games), "--meta-reasoning",
-                            "--limit", "1").stdout)
+    replay = json.loads(
+        cli(
+            "replay", "--env", "alfworld", "--games", str(short_games), "--meta-reasoning", "--limit", "1"
+        ).stdout
+    )
     assert replay["episodes"] == 1 and replay["success"] == 1.0
     assert replay["mean_steps"] > 0 and replay["wall_time_s"] > 0
 
 
 def test_generated_games_replay(tmp_path):
     games = tmp_path / "gen"
-    gen = json.loads(cli("generate-alfworld", "--out", str(games), "--num", "1", "--seed", "3",
-                         "--task-types", "2").stdout)
+    gen = json.loads(
+        cli("generate-alfworld", "--out", str(games), "--num", "1", "--seed", "3", "--task-types", "2").stdout
+    )
     assert gen["games"] == 1 and gen["task_types"] == [2]
     summary = json.loads(cli("replay", "--env", "alfworld", "--games", str(games)).stdout)
     assert summary["episodes"] == 1 and summary["success"] == 1.0
@@ -155,8 +177,21 @@ def test_expert_faults_are_counted_and_max_steps_truncates(short_games, tmp_path
 # ---- ScienceWorld --------------------------------------------------------------------------------------
 def test_scienceworld_gold_path_expert_and_replay(tmp_path):
     out = tmp_path / "sw.jsonl"
-    summary = json.loads(cli("expert", "--env", "scienceworld", "--split", "L0", "--task-names",
-                             SHORT_SCIENCEWORLD_TASK, "--limit", "1", "--out", str(out)).stdout)
+    summary = json.loads(
+        cli(
+            "expert",
+            "--env",
+            "scienceworld",
+            "--split",
+            "L0",
+            "--task-names",
+            SHORT_SCIENCEWORLD_TASK,
+            "--limit",
+            "1",
+            "--out",
+            str(out),
+        ).stdout
+    )
     assert summary["episodes"] == 1 and summary["success"] == 1.0
     ds = load_jsonl(out)
     assert len(ds) == summary["records"] >= 2
@@ -165,8 +200,20 @@ def test_scienceworld_gold_path_expert_and_replay(tmp_path):
         assert "Current available actions:" in row["prompt"] and "Valid actions:" in row["prompt"]
         assert parse_output(row["completion"], None).action == row["action"]
 
-    replay = json.loads(cli("replay", "--env", "scienceworld", "--split", "L0", "--task-names",
-                            SHORT_SCIENCEWORLD_TASK, "--limit", "1", "--meta-reasoning").stdout)
+    replay = json.loads(
+        cli(
+            "replay",
+            "--env",
+            "scienceworld",
+            "--split",
+            "L0",
+            "--task-names",
+            SHORT_SCIENCEWORLD_TASK,
+            "--limit",
+            "1",
+            "--meta-reasoning",
+        ).stdout
+    )
     assert replay["episodes"] == 1 and replay["success"] == 1.0
     assert replay["by_type"] == {SHORT_SCIENCEWORLD_TASK: {"episodes": 1, "success": 1.0}}
 
@@ -175,6 +222,19 @@ def test_scienceworld_unknown_task_name_is_named(capsys):
     from gcd_trl.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["env", "replay", "--env", "scienceworld", "--split", "L2", "--part", "test", "--task-names", "boil"])
+        main(
+            [
+                "env",
+                "replay",
+                "--env",
+                "scienceworld",
+                "--split",
+                "L2",
+                "--part",
+                "test",
+                "--task-names",
+                "boil",
+            ]
+        )
     assert exc.value.code == 2
     assert "'boil' is not a task of L2 test" in capsys.readouterr().err

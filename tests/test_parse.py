@@ -18,7 +18,9 @@ ADMISSIBLE = ["go to cabinet 1", "go to countertop 2", "take mug 1 from cabinet 
 
 
 def test_valid_output_returns_admissible_spelling():
-    out = parse_output("<think>The mug may be in a cabinet.</think><action>Go to  Cabinet 1 </action>", ADMISSIBLE)
+    out = parse_output(
+        "<think>The mug may be in a cabinet.</think><action>Go to  Cabinet 1 </action>", ADMISSIBLE
+    )
     assert out.valid and out.reason is None
     assert out.action == "go to cabinet 1"
     assert out.think == "The mug may be in a cabinet."
@@ -27,7 +29,8 @@ def test_valid_output_returns_admissible_spelling():
 
 
 @pytest.mark.parametrize(
-    "written", ["'go to cabinet 1'", '"GO TO CABINET 1"', "`go to cabinet 1`", "go to cabinet 1.", "go to\ncabinet 1"]
+    "written",
+    ["'go to cabinet 1'", '"GO TO CABINET 1"', "`go to cabinet 1`", "go to cabinet 1.", "go to\ncabinet 1"],
 )
 def test_action_normalisation(written):
     out = parse_output(f"<think>x</think><action>{written}</action>", ADMISSIBLE)
@@ -78,7 +81,9 @@ def test_no_admissible_list_accepts_any_nonempty_action():
 
 @pytest.mark.parametrize("tag", ["planning", "explore", "reflection", "monitor"])
 def test_meta_reasoning_tags(tag):
-    out = parse_output(f"<{tag}>step 1: find the mug</{tag}><action>look</action>", ADMISSIBLE, meta_reasoning=True)
+    out = parse_output(
+        f"<{tag}>step 1: find the mug</{tag}><action>look</action>", ADMISSIBLE, meta_reasoning=True
+    )
     assert out.valid and out.tag == tag and out.think == "step 1: find the mug" and out.action == "look"
 
 

@@ -33,7 +33,10 @@ def test_builtin_templates_load(name):
 
 def test_paper_prompt_wording_is_kept():
     alf = load_template("alfworld")
-    assert "You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {task_description}" in alf
+    assert (
+        "You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {task_description}"
+        in alf
+    )
     assert "Your admissible actions of the current situation are: [{admissible_actions}]." in alf
     assert "MUST be enclosed within <think> </think> tags" in alf
     sci = load_template("scienceworld")
@@ -45,8 +48,14 @@ def test_paper_prompt_wording_is_kept():
 
 
 def first_prompt(template, **kw):
-    args = dict(task_description=DESC, observation="You are in the middle of a room.",
-                admissible_actions=["look", "go to desk 1"], history=[], step_count=0, history_length=2)
+    args = dict(
+        task_description=DESC,
+        observation="You are in the middle of a room.",
+        admissible_actions=["look", "go to desk 1"],
+        history=[],
+        step_count=0,
+        history_length=2,
+    )
     args.update(kw)
     return render_agent_prompt(template, **args)
 
@@ -61,7 +70,9 @@ def test_first_step_reads_naturally_and_guideline_line_is_dropped_when_empty():
 
 
 def test_suggestions_list_is_numbered():
-    text = first_prompt(load_template("alfworld"), suggestions=["Search receptacles one by one.", "Do not repeat."])
+    text = first_prompt(
+        load_template("alfworld"), suggestions=["Search receptacles one by one.", "Do not repeat."]
+    )
     assert "make better actions: \n" not in text  # trailing spaces are trimmed
     assert "\n1. Search receptacles one by one.\n2. Do not repeat." in text
 
@@ -93,7 +104,9 @@ def test_user_template_errors_name_file_and_placeholder(tmp_path):
         load_template(bad)
     missing = tmp_path / "missing.txt"
     missing.write_text("Task: {task_description}\n[{admissible_actions}]")
-    with pytest.raises(TemplateError, match=r"missing\.txt: missing required placeholder \{current_observation\}"):
+    with pytest.raises(
+        TemplateError, match=r"missing\.txt: missing required placeholder \{current_observation\}"
+    ):
         load_template(missing)
     no_actions = tmp_path / "noact.txt"
     no_actions.write_text("Task: {task_description} {current_observation}")
@@ -113,9 +126,14 @@ def test_user_template_errors_name_file_and_placeholder(tmp_path):
 
 def test_user_template_file_renders(tmp_path):
     path = tmp_path / "mine.txt"
-    path.write_text("Goal: {task_description}\n{{literal}} Now: {current_observation}\nActions: {admissible_actions}\n")
+    path.write_text(
+        "Goal: {task_description}\n{{literal}} Now: {current_observation}\nActions: {admissible_actions}\n"
+    )
     text = first_prompt(load_template(path))
-    assert text == "Goal: put a mug in cabinet.\n{literal} Now: You are in the middle of a room.\nActions: 'look', 'go to desk 1'"
+    assert (
+        text
+        == "Goal: put a mug in cabinet.\n{literal} Now: You are in the middle of a room.\nActions: 'look', 'go to desk 1'"
+    )
 
 
 def test_critic_and_suggestion_render():
@@ -123,7 +141,9 @@ def test_critic_and_suggestion_render():
     assert "**Problem:** P1" in critic and "**Agent Response:** R1" in critic and "\\boxed{0/1}" in critic
     rule = render_suggestion_prompt(load_template("suggestion"), advice_list=["a", "b"])
     assert "ADVICE LIST:\n- a\n- b" in rule and "THEME" not in rule
-    assert "THEME: search" in render_suggestion_prompt(load_template("suggestion"), advice_list="x", theme="search")
+    assert "THEME: search" in render_suggestion_prompt(
+        load_template("suggestion"), advice_list="x", theme="search"
+    )
 
 
 # ---- episode ---------------------------------------------------------------------------------------
@@ -142,8 +162,21 @@ def test_episode_valid_steps_and_win():
     assert isinstance(last, StepRecord) and last.done and last.won and last.env_reward == 1.0
     assert last.anchor == "You arrive at cabinet 1." and last.prompt == prompt2
     assert (last.group, last.traj) == (3, 1)
-    assert set(last.to_dict()) >= {"group", "traj", "step", "anchor", "prompt", "completion", "action", "valid",
-                                   "reason", "tag", "env_reward", "done", "won"}
+    assert set(last.to_dict()) >= {
+        "group",
+        "traj",
+        "step",
+        "anchor",
+        "prompt",
+        "completion",
+        "action",
+        "valid",
+        "reason",
+        "tag",
+        "env_reward",
+        "done",
+        "won",
+    }
     with pytest.raises(RuntimeError):
         ep.prompt()
 
@@ -186,7 +219,11 @@ def test_history_window_in_episode():
         ep.observe(result(f"obs {i}"))
     prompt = ep.prompt()
     assert "most recent 3 observations" in prompt and "already taken 5 step(s)" in prompt
-    assert "[Observation 3: 'obs 2'" in prompt and "[Observation 5: 'obs 4'" in prompt and "'obs 1'" not in prompt
+    assert (
+        "[Observation 3: 'obs 2'" in prompt
+        and "[Observation 5: 'obs 4'" in prompt
+        and "'obs 1'" not in prompt
+    )
     assert ep.repeated_actions == 4
     assert len(ep.history) == 5
 

@@ -17,24 +17,38 @@ from gcd_trl.tiny_model import IM_END, PAD_TOKEN, TAG_TOKENS, build_tiny_model, 
 CHATS = [
     [
         {"role": "system", "content": "You are a household agent."},
-        {"role": "user", "content": "Your task is to: put a clean mug in coffeemachine.\nYou are in the "
-         "middle of a room. Your admissible actions are: 'go to countertop 1', 'go to sinkbasin 1', 'look'."},
-        {"role": "assistant", "content": "<think>The mug may be on the countertop.</think>"
-         "<action>go to countertop 1</action>"},
+        {
+            "role": "user",
+            "content": "Your task is to: put a clean mug in coffeemachine.\nYou are in the "
+            "middle of a room. Your admissible actions are: 'go to countertop 1', 'go to sinkbasin 1', 'look'.",
+        },
+        {
+            "role": "assistant",
+            "content": "<think>The mug may be on the countertop.</think><action>go to countertop 1</action>",
+        },
         {"role": "user", "content": "You arrive at countertop 1. On the countertop 1, you see a mug 2."},
-        {"role": "assistant",
-         "content": "<think>Take it.</think><action>take mug 2 from countertop 1</action>"},
+        {
+            "role": "assistant",
+            "content": "<think>Take it.</think><action>take mug 2 from countertop 1</action>",
+        },
     ],
     [
-        {"role": "user", "content": "Your task is to boil water.\nThis room is called the kitchen. In it, "
-         "you see:\n\ta stove, which is turned off.\n\ta sink, which is turned off."},
-        {"role": "assistant",
-         "content": "<planning>step 1: find water</planning><action>look around</action>"},
+        {
+            "role": "user",
+            "content": "Your task is to boil water.\nThis room is called the kitchen. In it, "
+            "you see:\n\ta stove, which is turned off.\n\ta sink, which is turned off.",
+        },
+        {
+            "role": "assistant",
+            "content": "<planning>step 1: find water</planning><action>look around</action>",
+        },
     ],
     [
         {"role": "user", "content": "Judge the action 'go to cabinet 3'."},
-        {"role": "assistant",
-         "content": "<think>It explores a new place.</think><answer>\\boxed{1}</answer>"},
+        {
+            "role": "assistant",
+            "content": "<think>It explores a new place.</think><answer>\\boxed{1}</answer>",
+        },
     ],
 ]
 
@@ -116,16 +130,40 @@ def test_round_trip_arbitrary_text(tokenizer):
 
 def test_env_text_is_compact(tokenizer):
     """Env words are single tokens (the corpus is real env text); digits are split as Qwen2 splits them."""
-    obs = ("You arrive at countertop 1. On the countertop 1, you see a butterknife 1, a dishsponge 2, "
-           "a egg 1, a fork 2, a lettuce 1, a mug 2, a peppershaker 1, and a spatula 1.")
-    actions = ", ".join(f"'{a}'" for a in (
-        "go to cabinet 1", "go to coffeemachine 1", "go to fridge 1", "go to microwave 1",
-        "go to sinkbasin 1", "go to stoveburner 1", "take mug 2 from countertop 1", "heat egg 1 with microwave 1", "inventory"))
+    obs = (
+        "You arrive at countertop 1. On the countertop 1, you see a butterknife 1, a dishsponge 2, "
+        "a egg 1, a fork 2, a lettuce 1, a mug 2, a peppershaker 1, and a spatula 1."
+    )
+    actions = ", ".join(
+        f"'{a}'"
+        for a in (
+            "go to cabinet 1",
+            "go to coffeemachine 1",
+            "go to fridge 1",
+            "go to microwave 1",
+            "go to sinkbasin 1",
+            "go to stoveburner 1",
+            "take mug 2 from countertop 1",
+            "heat egg 1 with microwave 1",
+            "inventory",
+        )
+    )
     sw = "This room is called the kitchen. In it, you see:\n\ta thermometer, currently reading a temperature"
     for text in (obs, actions, sw):
         assert len(tokenizer(text).input_ids) * 2.5 < len(text)
-    for word in ("butterknife", "dishsponge", "peppershaker", "coffeemachine", "sinkbasin", "stoveburner",
-                 "countertop", "microwave", "thermometer", "temperature", "inventory"):
+    for word in (
+        "butterknife",
+        "dishsponge",
+        "peppershaker",
+        "coffeemachine",
+        "sinkbasin",
+        "stoveburner",
+        "countertop",
+        "microwave",
+        "thermometer",
+        "temperature",
+        "inventory",
+    ):
         assert len(tokenizer(" " + word).input_ids) == 1, word
 
 
@@ -151,10 +189,11 @@ def test_assistant_mask_covers_assistant_turns_only(tokenizer):
 
 def test_generate_and_train_step(tokenizer, model):
     torch.manual_seed(0)
-    prompt = tokenizer.apply_chat_template(CHATS[0][:2], add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        CHATS[0][:2], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**prompt, max_new_tokens=6, do_sample=True)
-    new = out[0, prompt["input_ids"].shape[1]:]
+    new = out[0, prompt["input_ids"].shape[1] :]
     assert 1 <= new.numel() <= 6
     assert isinstance(tokenizer.decode(new), str)
 
@@ -180,8 +219,13 @@ def test_build_is_deterministic_and_cli_matches(model_dir, tmp_path, capsys):
     assert exc.value.code == 0
     assert "parameters" in capsys.readouterr().out
     expected = _hashes(model_dir)
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json"} <= set(expected)
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= set(expected)
     assert _hashes(tmp_path / "cli") == expected
 
     other = _hashes(build_tiny_model(tmp_path / "seed1", seed=1))
@@ -207,12 +251,23 @@ def test_trl_sft_assistant_only_loss(model_dir, tokenizer, tmp_path):
 
     assert is_chat_template_stop_token_trained(tokenizer)
     args = SFTConfig(
-        output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
-        assistant_only_loss=True, use_cpu=True, bf16=False, report_to="none", logging_steps=1,
-        save_strategy="no", dataloader_num_workers=0, seed=0,
+        output_dir=str(tmp_path / "sft"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        assistant_only_loss=True,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        dataloader_num_workers=0,
+        seed=0,
     )
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, processing_class=tokenizer,
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=args,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"messages": c} for c in CHATS * 2]),
     )
     # The collated labels keep exactly the assistant turns (content + <|im_end|>).

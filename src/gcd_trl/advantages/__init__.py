@@ -55,8 +55,13 @@ def compute_advantages(
 ) -> np.ndarray:
     """One advantage per step (float64, aligned with the batch rows / records)."""
     config = AdvantageConfig(
-        estimator=estimator, gamma=gamma, omega=omega, norm=norm, invalid_penalty=invalid_penalty,
-        similarity_threshold=similarity_threshold, grpo_level=grpo_level,
+        estimator=estimator,
+        gamma=gamma,
+        omega=omega,
+        norm=norm,
+        invalid_penalty=invalid_penalty,
+        similarity_threshold=similarity_threshold,
+        grpo_level=grpo_level,
     )
     return compute_advantage_terms(batch, config).total
 

@@ -56,9 +56,13 @@ class AdvantageConfig:
             raise ValueError(f"epsilon={self.epsilon!r} must be > 0")
         t = self.similarity_threshold
         if t is not None and not 0.0 < t <= 1.0:
-            raise ValueError(f"similarity_threshold={t!r} must lie in (0, 1] (or be None for identical anchors)")
+            raise ValueError(
+                f"similarity_threshold={t!r} must lie in (0, 1] (or be None for identical anchors)"
+            )
         if t is not None and t < 1.0 and self.estimator != "gigpo":
-            raise ValueError(f"similarity_threshold applies to estimator gigpo only (estimator={self.estimator!r})")
+            raise ValueError(
+                f"similarity_threshold applies to estimator gigpo only (estimator={self.estimator!r})"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,9 +208,16 @@ class StepBatch:
     ) -> StepBatch:
         """Hash ids/strings to codes and check the columns (equal lengths, one row per (traj, step))."""
         n = len(step)
-        for name, col in (("group", group), ("traj", traj), ("episode_reward", episode_reward),
-                          ("invalid", invalid), ("step_reward", step_reward), ("anchor", anchor),
-                          ("tag", tag), ("action", action)):
+        for name, col in (
+            ("group", group),
+            ("traj", traj),
+            ("episode_reward", episode_reward),
+            ("invalid", invalid),
+            ("step_reward", step_reward),
+            ("anchor", anchor),
+            ("tag", tag),
+            ("action", action),
+        ):
             if col is not None and len(col) != n:
                 raise ValueError(f"column {name!r} has {len(col)} rows, column 'step' has {n}")
         group_codes, _ = factorize(group)
@@ -288,7 +299,9 @@ def tag_codes(tags: Sequence[str | None] | np.ndarray) -> np.ndarray:
     for i, v in enumerate(values):
         name = _tag_name(v)
         if name is None:
-            raise RecordError(int(np.argmax(codes == i)), "tag", f"unknown tag {v!r} (expected one of {TAGS})")
+            raise RecordError(
+                int(np.argmax(codes == i)), "tag", f"unknown tag {v!r} (expected one of {TAGS})"
+            )
         table[i] = name
     return table[codes]
 
@@ -316,7 +329,9 @@ def _column(records: Sequence[Mapping[str, Any]], keys: tuple[str, ...], need: b
         pass
     except TypeError as err:
         bad = next(i for i, r in enumerate(records) if not isinstance(r, Mapping))
-        raise RecordError(bad, "", f"a record must be a JSON object, got {type(records[bad]).__name__}") from err
+        raise RecordError(
+            bad, "", f"a record must be a JSON object, got {type(records[bad]).__name__}"
+        ) from err
     if not need and not all(any(k in r for k in keys) for r in records):
         return None
     out = []
@@ -400,10 +415,15 @@ def records_to_batch(records: Iterable[Mapping[str, Any]], estimator: str | None
     if action is not None:
         _check_types(action, "action", (str, type(None)))
     return StepBatch.from_columns(
-        group=group, traj=traj, step=np.asarray(step, dtype=np.int64), episode_reward=episode,
+        group=group,
+        traj=traj,
+        step=np.asarray(step, dtype=np.int64),
+        episode_reward=episode,
         invalid=np.asarray(invalid, dtype=bool),
         step_reward=None if step_reward is None else np.asarray(step_reward, dtype=np.float64),
-        anchor=anchor, tag=tag, action=action,
+        anchor=anchor,
+        tag=tag,
+        action=action,
     )
 
 

@@ -48,7 +48,9 @@ def discounted_returns(batch: StepBatch, gamma: float) -> np.ndarray:
     ends, neg_lengths = ends[by_length], -lengths[by_length]
     returns = r.copy()  # distance 0 from the end: R = r
     for d in range(1, int(lengths.max())):
-        rows = ends[: np.searchsorted(neg_lengths, -d)] - d  # rows d steps before the end of a long-enough traj
+        rows = (
+            ends[: np.searchsorted(neg_lengths, -d)] - d
+        )  # rows d steps before the end of a long-enough traj
         returns[rows] = r[rows] + gamma * returns[rows + 1]
     out = np.empty(n)
     out[o] = returns
@@ -65,7 +67,9 @@ def step_group_keys(batch: StepBatch, similarity_threshold: float | None = None)
     return _cluster_similar(batch, keys, n_keys, similarity_threshold)
 
 
-def _cluster_similar(batch: StepBatch, keys: np.ndarray, n_keys: int, threshold: float) -> tuple[np.ndarray, int]:
+def _cluster_similar(
+    batch: StepBatch, keys: np.ndarray, n_keys: int, threshold: float
+) -> tuple[np.ndarray, int]:
     o = batch.order
     first_row = np.full(n_keys, len(o), dtype=np.int64)
     np.minimum.at(first_row, keys[o], np.arange(len(o)))  # position of each key's first step, in order
@@ -101,10 +105,15 @@ def _cluster_similar(batch: StepBatch, keys: np.ndarray, n_keys: int, threshold:
 
 def compute(batch: StepBatch, config: AdvantageConfig) -> Advantages:
     ep = episode_advantage(
-        batch, norm=config.norm, invalid_penalty=config.invalid_penalty, level=config.grpo_level,
+        batch,
+        norm=config.norm,
+        invalid_penalty=config.invalid_penalty,
+        level=config.grpo_level,
         epsilon=config.epsilon,
     )
     returns = discounted_returns(batch, config.gamma) - config.invalid_penalty * batch.invalid
     keys, n_keys = step_group_keys(batch, config.similarity_threshold)
-    step = normalize_in_groups(returns, keys, n_keys, norm=config.norm, epsilon=config.epsilon, singleton="zero")
+    step = normalize_in_groups(
+        returns, keys, n_keys, norm=config.norm, epsilon=config.epsilon, singleton="zero"
+    )
     return Advantages(total=ep + config.omega * step, episode=ep, step=step, step_signal=returns)

@@ -26,7 +26,11 @@ def episode_scores(batch: StepBatch, invalid_penalty: float) -> np.ndarray:
 
 
 def episode_advantage(
-    batch: StepBatch, *, norm: str = "mean_std", invalid_penalty: float = 0.1, level: str = "steps",
+    batch: StepBatch,
+    *,
+    norm: str = "mean_std",
+    invalid_penalty: float = 0.1,
+    level: str = "steps",
     epsilon: float = 1e-6,
 ) -> np.ndarray:
     """The episode (outcome) advantage of every step sample, normalised within its group."""
@@ -43,7 +47,10 @@ def episode_advantage(
 
 def compute(batch: StepBatch, config: AdvantageConfig) -> Advantages:
     ep = episode_advantage(
-        batch, norm=config.norm, invalid_penalty=config.invalid_penalty, level=config.grpo_level,
+        batch,
+        norm=config.norm,
+        invalid_penalty=config.invalid_penalty,
+        level=config.grpo_level,
         epsilon=config.epsilon,
     )
     zeros = np.zeros_like(ep)

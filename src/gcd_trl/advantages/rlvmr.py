@@ -34,7 +34,9 @@ from gcd_trl.advantages.common import (
 )
 from gcd_trl.advantages.grpo import episode_advantage
 
-PLANNING, EXPLORE, REFLECTION, MONITOR = (TAGS.index(t) for t in ("planning", "explore", "reflection", "monitor"))
+PLANNING, EXPLORE, REFLECTION, MONITOR = (
+    TAGS.index(t) for t in ("planning", "explore", "reflection", "monitor")
+)
 
 
 def effective_tags(batch: StepBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +48,11 @@ def effective_tags(batch: StepBatch) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mr_rewards(
-    batch: StepBatch, *, planning_reward: float = 1.0, explore_reward: float = 1.0, reflection_reward: float = 1.0
+    batch: StepBatch,
+    *,
+    planning_reward: float = 1.0,
+    explore_reward: float = 1.0,
+    reflection_reward: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step: (MR reward, effective tag code, effective invalid flag)."""
     tag, invalid = effective_tags(batch)
@@ -83,16 +89,22 @@ def mr_rewards(
 
 def compute(batch: StepBatch, config: AdvantageConfig) -> Advantages:
     reward, tag, invalid = mr_rewards(
-        batch, planning_reward=config.planning_reward, explore_reward=config.explore_reward,
+        batch,
+        planning_reward=config.planning_reward,
+        explore_reward=config.explore_reward,
         reflection_reward=config.reflection_reward,
     )
     # A step without a valid tag counts as invalid for the episode score's penalty too.
     scored = batch if np.array_equal(invalid, batch.invalid) else replace(batch, invalid=invalid)
     ep = episode_advantage(
-        scored, norm=config.norm, invalid_penalty=config.invalid_penalty, level=config.grpo_level,
+        scored,
+        norm=config.norm,
+        invalid_penalty=config.invalid_penalty,
+        level=config.grpo_level,
         epsilon=config.epsilon,
     )
     keys, n_keys = dense_keys(batch.group, tag.astype(np.int64))
-    step = normalize_in_groups(reward, keys, n_keys, norm=config.norm, epsilon=config.epsilon, singleton="raw")
+    step = normalize_in_groups(
+        reward, keys, n_keys, norm=config.norm, epsilon=config.epsilon, singleton="raw"
+    )
     return Advantages(total=ep + config.omega * step, episode=ep, step=step, step_signal=reward)
-

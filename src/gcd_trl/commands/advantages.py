@@ -21,13 +21,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="-", help="Where to write the JSONL (default: stdout).")
     p.add_argument("--gamma", type=float, default=0.95, help="Discount of GiGPO step returns.")
     p.add_argument("--omega", type=float, default=1.0, help="Weight of the step-level advantage.")
-    p.add_argument("--norm", choices=("mean_std", "mean"), default="mean_std",
-                   help="(x-mean)/(std+1e-6) with the unbiased std, or x-mean.")
-    p.add_argument("--invalid-penalty", type=float, default=0.1, help="Subtracted from an invalid step's scores.")
-    p.add_argument("--similarity-threshold", type=float, default=None,
-                   help="GiGPO: group anchors at least this similar (difflib ratio); default identical only.")
-    p.add_argument("--grpo-level", choices=("steps", "trajectories"), default="steps",
-                   help="Episode statistics over step samples (verl-agent) or one value per trajectory.")
+    p.add_argument(
+        "--norm",
+        choices=("mean_std", "mean"),
+        default="mean_std",
+        help="(x-mean)/(std+1e-6) with the unbiased std, or x-mean.",
+    )
+    p.add_argument(
+        "--invalid-penalty", type=float, default=0.1, help="Subtracted from an invalid step's scores."
+    )
+    p.add_argument(
+        "--similarity-threshold",
+        type=float,
+        default=None,
+        help="GiGPO: group anchors at least this similar (difflib ratio); default identical only.",
+    )
+    p.add_argument(
+        "--grpo-level",
+        choices=("steps", "trajectories"),
+        default="steps",
+        help="Episode statistics over step samples (verl-agent) or one value per trajectory.",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     name = "<stdin>" if args.input == "-" else args.input
     try:
         config = AdvantageConfig(
-            estimator=args.estimator, gamma=args.gamma, omega=args.omega, norm=args.norm,
-            invalid_penalty=args.invalid_penalty, similarity_threshold=args.similarity_threshold,
+            estimator=args.estimator,
+            gamma=args.gamma,
+            omega=args.omega,
+            norm=args.norm,
+            invalid_penalty=args.invalid_penalty,
+            similarity_threshold=args.similarity_threshold,
             grpo_level=args.grpo_level,
         )
         if args.input == "-":

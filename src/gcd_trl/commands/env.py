@@ -34,37 +34,76 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, help="Output directory.")
     gen.add_argument("--num", type=int, required=True, help="Number of games.")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--grammar", choices=("dataset", "wheel"), default="dataset",
-                     help="Command wording: 'dataset' as ALFWorld's released games ('put X in/on Y'), "
-                          "'wheel' as alfworld 0.4.2's own grammar ('move X to Y'). Default dataset.")
-    gen.add_argument("--task-types", type=int, nargs="+", default=None, metavar="T",
-                     help="ALFWorld task types 1-6 (default: all).")
+    gen.add_argument(
+        "--grammar",
+        choices=("dataset", "wheel"),
+        default="dataset",
+        help="Command wording: 'dataset' as ALFWorld's released games ('put X in/on Y'), "
+        "'wheel' as alfworld 0.4.2's own grammar ('move X to Y'). Default dataset.",
+    )
+    gen.add_argument(
+        "--task-types",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="ALFWorld task types 1-6 (default: all).",
+    )
     gen.set_defaults(func=run_generate)
 
-    for name, helptext in (("expert", "Play the expert and write one JSONL record per step."),
-                           ("replay", "Play the expert and print a success summary.")):
+    for name, helptext in (
+        ("expert", "Play the expert and write one JSONL record per step."),
+        ("replay", "Play the expert and print a success summary."),
+    ):
         q = esub.add_parser(name, help=helptext)
         q.add_argument("--env", required=True, choices=("alfworld", "scienceworld"))
         src = q.add_mutually_exclusive_group(required=True)
         src.add_argument("--games", help="ALFWorld: a directory of games (searched recursively).")
         src.add_argument("--split", choices=LEVELS, help="A benchmark split level.")
-        q.add_argument("--part", choices=("train", "test"), default="train", help="Part of --split (default train).")
-        q.add_argument("--data-dir", default=None,
-                       help="ALFWorld --split: the folder holding json_2.1.1 (default $ALFWORLD_DATA).")
-        q.add_argument("--task-types", type=int, nargs="+", default=None, metavar="T",
-                       help="ALFWorld: only these task types (1-6).")
-        q.add_argument("--task-names", nargs="+", default=None, metavar="NAME",
-                       help="ScienceWorld: only these task names (e.g. boil find-living-thing).")
+        q.add_argument(
+            "--part", choices=("train", "test"), default="train", help="Part of --split (default train)."
+        )
+        q.add_argument(
+            "--data-dir",
+            default=None,
+            help="ALFWorld --split: the folder holding json_2.1.1 (default $ALFWORLD_DATA).",
+        )
+        q.add_argument(
+            "--task-types",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="T",
+            help="ALFWorld: only these task types (1-6).",
+        )
+        q.add_argument(
+            "--task-names",
+            nargs="+",
+            default=None,
+            metavar="NAME",
+            help="ScienceWorld: only these task names (e.g. boil find-living-thing).",
+        )
         q.add_argument("--limit", type=int, default=None, help="At most N tasks (round-robin across types).")
-        q.add_argument("--max-steps", type=int, default=None,
-                       help="Step limit per episode (default: 50 alfworld, 100 scienceworld).")
+        q.add_argument(
+            "--max-steps",
+            type=int,
+            default=None,
+            help="Step limit per episode (default: 50 alfworld, 100 scienceworld).",
+        )
         q.add_argument("--history-length", type=int, default=2, help="History pairs shown in the prompt.")
-        q.add_argument("--meta-reasoning", action="store_true", help="RLVMR format (meta tags, *_rlvmr template).")
-        q.add_argument("--template", default=None,
-                       help="Agent prompt template: a built-in name or a .txt file (default: by env).")
+        q.add_argument(
+            "--meta-reasoning", action="store_true", help="RLVMR format (meta tags, *_rlvmr template)."
+        )
+        q.add_argument(
+            "--template",
+            default=None,
+            help="Agent prompt template: a built-in name or a .txt file (default: by env).",
+        )
         q.add_argument("--alfworld-expert", choices=("handcoded", "planner"), default="handcoded")
         q.add_argument("--jvm-heap", default="512m", help="ScienceWorld: JVM heap (-Xmx).")
-        q.add_argument("--simplifications", default="easy", help="ScienceWorld simplifications preset or list.")
+        q.add_argument(
+            "--simplifications", default="easy", help="ScienceWorld simplifications preset or list."
+        )
         if name == "expert":
             q.add_argument("--out", required=True, help="Output JSONL file.")
             q.add_argument("--only-won", action="store_true", help="Write only episodes the expert won.")
@@ -161,9 +200,14 @@ def select_tasks(args: argparse.Namespace) -> list:
         from gcd_trl.envs.alfworld import list_games, task_type_of
 
         games = list_games(args.games, task_types=args.task_types)
-        tasks = [Task(env="alfworld", split=Path(args.games).name, game=g, task_type=task_type_of(g)) for g in games]
+        tasks = [
+            Task(env="alfworld", split=Path(args.games).name, game=g, task_type=task_type_of(g))
+            for g in games
+        ]
         if not tasks:
-            raise ArgError(f"--games {args.games}: no playable ALFWorld games found (game.tw-pddl + traj_data.json)")
+            raise ArgError(
+                f"--games {args.games}: no playable ALFWorld games found (game.tw-pddl + traj_data.json)"
+            )
     else:
         from gcd_trl.envs.splits import split_tasks
 
@@ -190,14 +234,22 @@ def _prepare(args: argparse.Namespace) -> tuple[list, str, Any]:
     _check_common(args)
     template = _template(args)
     tasks = select_tasks(args)
-    spec = EnvSpec(env=args.env, jvm_heap=args.jvm_heap, simplifications=args.simplifications,
-                   alfworld_expert=args.alfworld_expert)
+    spec = EnvSpec(
+        env=args.env,
+        jvm_heap=args.jvm_heap,
+        simplifications=args.simplifications,
+        alfworld_expert=args.alfworld_expert,
+    )
     return tasks, template, spec
 
 
 def _play_kwargs(args: argparse.Namespace, template: str) -> dict[str, Any]:
-    return {"template": template, "max_steps": args.max_steps, "history_length": args.history_length,
-            "meta_reasoning": args.meta_reasoning}
+    return {
+        "template": template,
+        "max_steps": args.max_steps,
+        "history_length": args.history_length,
+        "meta_reasoning": args.meta_reasoning,
+    }
 
 
 def run_expert(args: argparse.Namespace) -> int:

@@ -18,11 +18,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="Seed of the weight initialisation.")
     p.add_argument("--hidden-size", type=int, default=256, help="Hidden size (a multiple of 64).")
     p.add_argument("--num-layers", type=int, default=4, help="Number of decoder layers.")
-    p.add_argument("--vocab-size", type=int, default=4096,
-                   help="Upper bound on the tokenizer vocabulary, all tokens included (BPE stops earlier "
-                   "when the corpus has no more repeated pairs).")
-    p.add_argument("--corpus", default=None, help="Train the tokenizer on this .txt/.txt.gz file instead of "
-                   "the packaged corpus.")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        help="Upper bound on the tokenizer vocabulary, all tokens included (BPE stops earlier "
+        "when the corpus has no more repeated pairs).",
+    )
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help="Train the tokenizer on this .txt/.txt.gz file instead of the packaged corpus.",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         out = build_tiny_model(
-            args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
-            vocab_size=args.vocab_size, corpus=args.corpus,
+            args.out,
+            seed=args.seed,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            vocab_size=args.vocab_size,
+            corpus=args.corpus,
         )
     except (OSError, ValueError) as err:
         print(f"gcd-trl tiny-model: error: {err}", file=sys.stderr)

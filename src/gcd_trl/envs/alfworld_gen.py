@@ -542,7 +542,10 @@ GRAMMARS = ("dataset", "wheel")
 _DATASET_EDITS = (
     ('template :: "move {o} to {r}";', 'template :: "put {o} in/on {r}";'),
     ('"You move the {o.name} to the {r.name}."', '"You put the {o.name} in/on the {r.name}."'),
-    ('"You arrive at {r.name}. #examineReceptacle.feedback#"', '"You arrive at {lend.name}. #examineReceptacle.feedback#"'),
+    (
+        '"You arrive at {r.name}. #examineReceptacle.feedback#"',
+        '"You arrive at {lend.name}. #examineReceptacle.feedback#"',
+    ),
     ("move (object) to (receptacle):  place", "put (object) in/on (receptacle): place"),
 )
 
@@ -556,7 +559,9 @@ def game_grammar(style: str = "dataset") -> str:
         return grammar
     for old, new in _DATASET_EDITS:
         if old not in grammar:
-            raise RuntimeError(f"alfworld's alfred.twl2 no longer contains {old!r}; unsupported alfworld version")
+            raise RuntimeError(
+                f"alfworld's alfred.twl2 no longer contains {old!r}; unsupported alfworld version"
+            )
         grammar = grammar.replace(old, new)
     return grammar
 

@@ -48,17 +48,31 @@ class TemplateKind:
 
 KINDS: dict[str, TemplateKind] = {
     "agent": TemplateKind(
-        allowed=frozenset({
-            "task_description", "suggestions", "step_count", "history_length", "action_history",
-            "current_step", "current_observation", "admissible_actions", "available_actions", "plan",
-        }),
+        allowed=frozenset(
+            {
+                "task_description",
+                "suggestions",
+                "step_count",
+                "history_length",
+                "action_history",
+                "current_step",
+                "current_observation",
+                "admissible_actions",
+                "available_actions",
+                "plan",
+            }
+        ),
         required=frozenset({"task_description", "current_observation"}),
         one_of=frozenset({"admissible_actions", "available_actions"}),
         optional=frozenset({"suggestions", "action_history", "plan"}),
     ),
-    "critic": TemplateKind(allowed=frozenset({"problem", "response"}), required=frozenset({"problem", "response"})),
+    "critic": TemplateKind(
+        allowed=frozenset({"problem", "response"}), required=frozenset({"problem", "response"})
+    ),
     "suggestion": TemplateKind(
-        allowed=frozenset({"advice_list", "theme"}), required=frozenset({"advice_list"}), optional=frozenset({"theme"})
+        allowed=frozenset({"advice_list", "theme"}),
+        required=frozenset({"advice_list"}),
+        optional=frozenset({"theme"}),
     ),
 }
 
@@ -178,7 +192,8 @@ def format_history(history: Sequence[tuple[str, str]], history_length: int) -> t
     window = list(history)[-history_length:]
     first = len(history) - len(window) + 1
     text = "".join(
-        f"\n[Observation {first + i}: '{obs}', Action {first + i}: '{act}']" for i, (obs, act) in enumerate(window)
+        f"\n[Observation {first + i}: '{obs}', Action {first + i}: '{act}']"
+        for i, (obs, act) in enumerate(window)
     )
     return text, len(window)
 

@@ -155,7 +155,9 @@ class Episode:
             taken = parsed.raw_action or "(invalid output)"
             reward, env_done, won = 0.0, False, self.won
         else:
-            carried = {k: self.state.info[k] for k in CARRIED_INFO if k in self.state.info and k not in result.info}
+            carried = {
+                k: self.state.info[k] for k in CARRIED_INFO if k in self.state.info and k not in result.info
+            }
             if carried:
                 result = replace(result, info={**result.info, **carried})
             self.state = result
@@ -205,7 +207,9 @@ class Episode:
     def repeated_actions(self) -> int:
         """Steps that sent the env the same action as the step just before (a loop signal)."""
         return sum(
-            1 for prev, cur in zip(self.steps, self.steps[1:]) if cur.action is not None and cur.action == prev.action
+            1
+            for prev, cur in zip(self.steps, self.steps[1:])
+            if cur.action is not None and cur.action == prev.action
         )
 
     def summary(self) -> dict[str, Any]:
