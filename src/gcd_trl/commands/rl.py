@@ -176,6 +176,10 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
             trainer.push_to_hub(dataset_name=f"{env_args.environment}-{env_args.split}")
     finally:
         trainer.close()
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # vLLM colocate leaves one behind
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
