@@ -38,6 +38,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import identity, pad, use_adapter
 
+from gcd_trl.advantages import AdvantageConfig, compute_advantage_terms
 from gcd_trl.envs.base import Task
 from gcd_trl.rollout.batching import (
     LOSS_TYPES,
@@ -134,6 +135,16 @@ class AgentGRPOTrainer(GRPOTrainer):
                 f"but environment={env_args.environment!r}"
             )
         self.env_args, self.gcd_args = env_args, gcd_args
+        # built (and validated) before the model loads; reused every round
+        self.advantage_config = AdvantageConfig(
+            estimator=args.advantage_estimator,
+            gamma=args.gamma,
+            omega=args.omega,
+            norm=args.step_adv_norm,
+            invalid_penalty=args.invalid_penalty,
+            similarity_threshold=args.similarity_threshold,
+            grpo_level=args.grpo_level,
+        )
         super().__init__(
             model=model,
             reward_funcs=[_env_reward],
@@ -257,19 +268,8 @@ class AgentGRPOTrainer(GRPOTrainer):
     # Round building
 
     def _advantages(self, samples: list[StepSample]) -> list[float]:
-        from gcd_trl.advantages import compute_advantages
-
-        a = self.args
-        return compute_advantages(
-            [s.record.to_dict() for s in samples],
-            a.advantage_estimator,
-            gamma=a.gamma,
-            omega=a.omega,
-            norm=a.step_adv_norm,
-            invalid_penalty=a.invalid_penalty,
-            similarity_threshold=a.similarity_threshold,
-            grpo_level=a.grpo_level,
-        ).tolist()
+        records = [s.record.to_dict() for s in samples]
+        return compute_advantage_terms(records, self.advantage_config).total.tolist()
 
     def _build_round(self) -> _Round:
         """Play the next round's tasks, score the steps, and cut the samples into micro-batches."""
@@ -431,11 +431,8 @@ class AgentGRPOTrainer(GRPOTrainer):
         keep = mb["completion_mask"].bool() & ~torch.isnan(mb["sampling_per_token_logps"])
         gap = (mb["old_per_token_logps"] - mb["sampling_per_token_logps"]).abs()[keep]
         ratio = mb.get("importance_sampling_ratio")
-        if ratio is None:
-            ratio = torch.ones_like(gap)
-        else:
-            ratio = ratio.expand_as(keep)[keep]
-        return gap.float().cpu(), ratio.float().cpu()
+        ratio = torch.ones_like(gap) if ratio is None else ratio.expand_as(keep)[keep]
+        return gap.float(), ratio.float()
 
     def _log_sampling_gap(self, gaps: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Round-level gap between the trainer's and vLLM's log-probs (TRL's metric names). It stays near
@@ -444,12 +441,12 @@ class AgentGRPOTrainer(GRPOTrainer):
         ratio = torch.cat([r for _, r in gaps])
         if gap.numel() == 0:
             return
-        m = self._metrics["train"]
-        m["sampling/sampling_logp_difference/mean"].append(gap.mean().item())
-        m["sampling/sampling_logp_difference/max"].append(gap.max().item())
-        m["sampling/importance_sampling_ratio/min"].append(ratio.min().item())
-        m["sampling/importance_sampling_ratio/mean"].append(ratio.mean().item())
-        m["sampling/importance_sampling_ratio/max"].append(ratio.max().item())
+        stats = torch.stack([gap.mean(), gap.max(), ratio.min(), ratio.mean(), ratio.max()]).tolist()
+        names = ("sampling_logp_difference/mean", "sampling_logp_difference/max")
+        names += ("importance_sampling_ratio/min", "importance_sampling_ratio/mean")
+        names += ("importance_sampling_ratio/max",)
+        for name, value in zip(names, stats):
+            self._metrics["train"][f"sampling/{name}"].append(value)
 
     def _vllm_is_ratio(self, mb: dict[str, Any]) -> torch.Tensor:
         """TRL's vLLM importance-sampling correction (same modes and clipping), for one micro-batch."""

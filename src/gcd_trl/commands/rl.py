@@ -167,6 +167,8 @@ def build_trainer(train_args, env_args, gcd_args, model_args, tasks):
 
 def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
     """Build the trainer, run it, save the model and its card (and push them when asked)."""
+    import torch
+
     trainer = build_trainer(train_args, env_args, gcd_args, model_args, tasks)
     try:
         trainer.train(resume_from_checkpoint=_resume_arg(train_args.resume_from_checkpoint))
@@ -176,8 +178,6 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
             trainer.push_to_hub(dataset_name=f"{env_args.environment}-{env_args.split}")
     finally:
         trainer.close()
-        import torch
-
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # vLLM colocate leaves one behind
 
