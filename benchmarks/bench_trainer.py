@@ -4,7 +4,7 @@ Both trainers get the same model weights, the same B prompts and completions (ra
 lengths, like agent steps: a long prompt, a short completion) and the same advantages; generation is left
 out (it is the same TRL call in both). One optimizer step is: loss + backward over the batch, gradient
 clipping, optimizer step, zero grad. Stock TRL does it in one forward/backward (per_device_train_batch_size =
-B); ours builds the round's micro-batches (`_make_round`, included in the time) and runs them, once with a
+B); ours builds the step's micro-batches (`_make_update`, included in the time) and runs them, once with a
 budget that fits the whole batch and once cut into 4 micro-batches. Measurements are interleaved and the
 median is reported, as wall and as CPU time (less inflated on a shared machine).
 
@@ -135,7 +135,7 @@ def agent_trainer(model_dir: str, out_dir: str, budget: int, prompts, completion
     info = {}
 
     def step():
-        rnd = trainer._make_round(samples)
+        rnd = trainer._make_update(samples)
         info["microbatches"] = len(rnd.microbatches)
         trainer._accumulate(model, rnd)
         trainer.accelerator.clip_grad_norm_(model.parameters(), 1.0)

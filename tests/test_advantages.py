@@ -290,7 +290,7 @@ def _rlvmr_trajectories():
         ("explore", "fly", False, 1),  # only an *invalid* step took "fly" before -> new -> 1
     ]
     lost = [  # episode reward 0
-        ("reflection", "look", False, 0),  # first step: no previous step -> 0 (RLVMR itself would pay 1)
+        ("reflection", "look", False, 1),  # first step: RLVMR compares with an empty invalid step -> 1
         ("planning", "go to desk 1", False, 0),  # planning in a failed episode -> 0
         (None, "go to desk 1", False, 0),  # no valid tag -> counted invalid, "none", 0
         ("reflection", "go to desk 1", False, 0),  # previous invalid but the same action -> 0
@@ -417,7 +417,9 @@ def _reference(records, estimator, gamma, omega, norm, penalty, level):
                     mr[i] = float(
                         not any(records[k]["action"] == r["action"] and not bad[k] for k in idx[:j])
                     )
-                elif tag == "reflection" and j > 0:
+                elif tag == "reflection" and j == 0:
+                    mr[i] = 1.0  # RLVMR pays a first-step reflection
+                elif tag == "reflection":
                     p = idx[j - 1]
                     mr[i] = float(bad[p] and records[p]["action"] != r["action"])
         tg = defaultdict(list)
@@ -490,11 +492,13 @@ def test_step_record_dicts_are_accepted():
         step_record(1, 0, False, valid=False),
         step_record(1, 1, False),
     ]
-    batch = records_to_batch(records, "gigpo")
-    assert batch.episode_reward.tolist() == [1.0, 1.0, 0.0, 0.0]
+    batch = records_to_batch(records, "gigpo")  # the references' scale: 10 * won, on the last step
+    assert batch.episode_reward.tolist() == [10.0, 10.0, 0.0, 0.0]
     assert batch.invalid.tolist() == [False, False, True, False]
-    assert batch.step_reward.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert batch.step_reward.tolist() == [0.0, 10.0, 0.0, 0.0]
     assert compute_advantages(batch, "gigpo").shape == (4,)
+    one = records_to_batch(records, config=AdvantageConfig("gigpo", success_reward=1.0, step_reward="dense"))
+    assert one.episode_reward.tolist() == [1.0, 1.0, 0.0, 0.0] and one.step_reward.tolist() == [0, 1, 0, 0]
 
 
 def test_from_columns_and_empty_batch():
@@ -516,14 +520,15 @@ def test_from_columns_and_empty_batch():
         ("grpo", lambda rs: rs[1].pop("group"), 1, "missing field 'group'"),
         ("grpo", lambda rs: rs[2].pop("invalid"), 2, "missing field 'invalid' or 'valid'"),
         ("gigpo", lambda rs: rs[3].pop("anchor"), 3, "missing field 'anchor' (needed by estimator gigpo)"),
-        ("gigpo", lambda rs: rs[0].pop("step_reward"), 0, "'step_reward' or 'env_reward'"),
+        ("gigpo", lambda rs: rs[0].update(step_reward="1"), 0, "must be int or float"),
         ("grpo", lambda rs: rs[2].pop("episode_reward"), 2, "'episode_reward' (or 'won'"),
         ("grpo", lambda rs: rs[1].update(episode_reward="high"), 1, "must be int or float"),
         ("grpo", lambda rs: rs[1].update(step=1.5), 1, "'step' must be int"),
         ("grpo", lambda rs: rs[1].update(step=0), 1, "two records with step 0"),
         ("grpo", lambda rs: rs[1].update(episode_reward=0.5), 1, "differs between steps"),
         ("rlvmr", lambda rs: rs[2].update(tag="dance"), 2, "unknown tag 'dance'"),
-        ("rlvmr", lambda rs: rs[2].pop("action"), 2, "missing field 'action'"),
+        ("rlvmr", lambda rs: rs[2].pop("action"), 2, "missing field 'raw_action' or 'action'"),
+        ("rlvmr", lambda rs: rs[1].update(admissible="no"), 1, "'admissible' must be bool or NoneType"),
         ("grpo", lambda rs: rs[3].update(episode_reward=float("nan")), 3, "not a finite number"),
     ],
 )
@@ -547,6 +552,15 @@ def test_bad_config_and_missing_columns():
         AdvantageConfig(norm="std")
     with pytest.raises(ValueError, match="grpo_level"):
         AdvantageConfig(grpo_level="episodes")
+    with pytest.raises(ValueError, match="step_reward"):
+        AdvantageConfig(step_reward="score")
+    with pytest.raises(ValueError, match="success_reward"):
+        AdvantageConfig(success_reward=0)
+    records = [rec("g", 0, s, ep=1.0) for s in range(2)]
+    for r in records:
+        r.pop("step_reward")
+    with pytest.raises(RecordError, match="'step_reward' or 'env_reward'"):
+        records_to_batch(records, config=AdvantageConfig("gigpo", step_reward="dense"))
     batch = StepBatch.from_columns(group=[0], traj=[0], step=[0], episode_reward=[1.0], invalid=[False])
     with pytest.raises(ValueError, match="anchor"):
         compute_advantages(batch, "gigpo")

@@ -199,7 +199,7 @@ def _round_grad(trainer, samples, budget):
     model = trainer.model
     model.train()  # TRL's normalisers read the mode
     model.zero_grad()
-    rnd = trainer._make_round(samples)
+    rnd = trainer._make_update(samples)
     loss = trainer._accumulate(model, rnd)
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
     model.zero_grad()
@@ -234,6 +234,81 @@ def test_round_gradient_does_not_depend_on_the_cut(tiny_model_dir, tmp_path, ove
     assert loss_many == pytest.approx(loss_one, rel=1e-4, abs=1e-6)
 
 
+def _with_judge(trainer, samples, n=5, seed=1):
+    """Add GCD judge samples (kind "judge", no env record) to a list of agent samples."""
+    from gcd_trl.rollout.collector import StepSample
+
+    rng = random.Random(seed)
+    vocab = trainer.model.config.vocab_size
+    judge = []
+    for i in range(n):
+        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(20, 40))]
+        completion = [rng.randrange(3, vocab) for _ in range(rng.randint(2, 14))]
+        judge.append(
+            StepSample(
+                prompt,
+                completion,
+                None,
+                truncated=False,
+                repeated=False,
+                kind="judge",
+                advantage=rng.uniform(-1.0, 1.0),
+                judge={"label": i % 2},
+            )
+        )
+    mixed = list(samples) + judge
+    random.Random(seed).shuffle(mixed)
+    return mixed
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
+def test_mixed_round_gradient_is_agent_plus_coef_times_judge(tiny_model_dir, tmp_path, loss_type):
+    """L = L_agent + gcd_coef x L_judge, each term the loss type's formula over its own samples: the mixed
+    gradient equals the weighted sum of the two kinds' gradients computed alone, whatever the cut; and
+    gcd_coef = 0 gives exactly the agent-only gradient."""
+    import torch
+
+    trainer = _trainer(tiny_model_dir, tmp_path, loss_type=loss_type)
+    agent = _fake_samples(trainer)
+    mixed = _with_judge(trainer, agent)
+    judge_only = [s for s in mixed if s.kind == "judge"]
+    trainer._gcd_coef = 0.5
+    _, _, g_agent = _round_grad(trainer, agent, 10_000)
+    _, _, g_judge_alone = _round_grad(trainer, [_as_agent(s) for s in judge_only], 10_000)
+    n_one, _, g_one = _round_grad(trainer, mixed, 10_000)
+    n_many, _, g_many = _round_grad(trainer, mixed, 80)
+    assert n_one == 2 and n_many >= 5  # one micro-batch per kind at least
+    torch.testing.assert_close(g_one, g_agent + 0.5 * g_judge_alone, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g_many, g_one, rtol=1e-4, atol=1e-6)
+    trainer._gcd_coef = 0.0
+    _, _, g_zero = _round_grad(trainer, mixed, 80)
+    torch.testing.assert_close(g_zero, g_agent, rtol=1e-5, atol=1e-7)
+
+
+def _as_agent(sample):
+    from dataclasses import replace
+
+    return replace(sample, kind="agent")
+
+
+def test_entropy_bonus_is_a_token_mean_over_the_step(tiny_model_dir, tmp_path):
+    """entropy_coef adds -coef x (mean token entropy of the step): independent of the cut, and its
+    gradient is the difference of the runs with and without it."""
+    import torch
+
+    trainer = _trainer(tiny_model_dir, tmp_path, loss_type="dapo", entropy_coef=0.05)
+    samples = _fake_samples(trainer)
+    _, loss_one, g_one = _round_grad(trainer, samples, 10_000)
+    _, loss_many, g_many = _round_grad(trainer, samples, 64)
+    torch.testing.assert_close(g_many, g_one, rtol=1e-4, atol=1e-6)
+    assert loss_many == pytest.approx(loss_one, rel=1e-4, abs=1e-6)
+    trainer._entropy_coef = 0.0
+    _, loss_plain, g_plain = _round_grad(trainer, samples, 10_000)
+    assert not torch.allclose(g_plain, g_one)
+    # the bonus lowers the loss by coef x mean entropy (entropy > 0 for a random model)
+    assert loss_one < loss_plain
+
+
 def test_padding_microbatches_carry_no_gradient(tiny_model_dir, tmp_path):
     """A process with fewer samples than another's micro-batch count pads with zero-weight rows."""
     import torch
@@ -241,11 +316,7 @@ def test_padding_microbatches_carry_no_gradient(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, loss_type="dapo")
     samples = _fake_samples(trainer, n=3)
     _, _, g_ref = _round_grad(trainer, samples, 10_000)
-    real = trainer._round_counts
-    trainer._round_counts = lambda m, rows, tokens: (
-        m + 4,
-        *real(m, rows, tokens)[1:],
-    )  # another rank: 5 passes
+    trainer._max_over_processes = lambda m: m + 4  # another rank: 5 passes
     n, _, g_pad = _round_grad(trainer, samples, 10_000)
     assert n == 5
     torch.testing.assert_close(g_pad, g_ref, rtol=1e-4, atol=1e-6)
@@ -256,22 +327,26 @@ import os, sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
-from test_batching import _fake_samples, _trainer
+from test_batching import _fake_samples, _trainer, _with_judge
 
 rank = int(os.environ["RANK"])
 model_dir, out_dir = sys.argv[1], sys.argv[2]
 result = {{}}
-for loss_type in ("dapo", "grpo"):
-    trainer = _trainer(model_dir, os.path.join(out_dir, f"{{loss_type}}-{{rank}}"), loss_type=loss_type,
+for case in ("dapo", "grpo", "dapo_mixed"):
+    loss_type = case.split("_")[0]
+    trainer = _trainer(model_dir, os.path.join(out_dir, f"{{case}}-{{rank}}"), loss_type=loss_type,
                        tasks_per_round=2, max_tokens_per_microbatch=64)
     samples = _fake_samples(trainer)
+    if case.endswith("mixed"):
+        trainer._gcd_coef = 0.5
+        samples = _with_judge(trainer, samples)
     mine = samples[:6] if rank == 0 else samples[6:]  # unequal shares, unequal micro-batch counts
     model = trainer.accelerator.prepare_model(trainer.model)
     assert isinstance(model, torch.nn.parallel.DistributedDataParallel), type(model)
     model.train()
-    rnd = trainer._make_round(mine)
+    rnd = trainer._make_update(mine)
     trainer._accumulate(model, rnd)
-    result[loss_type] = (len(rnd.microbatches), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    result[case] = (len(rnd.microbatches), torch.cat([p.grad.flatten() for p in model.parameters()]))
 if rank == 0:
     torch.save(result, os.path.join(out_dir, "grads.pt"))
 """
@@ -279,7 +354,8 @@ if rank == 0:
 
 def test_round_gradient_is_the_same_split_over_two_processes(tiny_model_dir, tmp_path):
     """Two DDP processes (gloo) with unequal shares of the round give the single-process gradient: the
-    loss is normalised over the whole round on all processes, and the padded micro-batch counts match."""
+    loss is normalised over the whole round on all processes, and the padded micro-batch counts match;
+    also for a GCD round mixing agent and judge samples."""
     import os
     import subprocess
     import sys
@@ -295,10 +371,14 @@ def test_round_gradient_is_the_same_split_over_two_processes(tiny_model_dir, tmp
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(tmp_path / "grads.pt")
-    for loss_type in ("dapo", "grpo"):
-        trainer = _trainer(tiny_model_dir, tmp_path / loss_type, loss_type=loss_type)
-        _, _, g_ref = _round_grad(trainer, _fake_samples(trainer), 64)
-        num_mb, g_ddp = result[loss_type]
+    for case in ("dapo", "grpo", "dapo_mixed"):
+        trainer = _trainer(tiny_model_dir, tmp_path / case, loss_type=case.split("_")[0])
+        samples = _fake_samples(trainer)
+        if case.endswith("mixed"):  # GCD: agent and judge samples, unequal shares on the two ranks
+            trainer._gcd_coef = 0.5
+            samples = _with_judge(trainer, samples)
+        _, _, g_ref = _round_grad(trainer, samples, 64)
+        num_mb, g_ddp = result[case]
         assert num_mb >= 3
         torch.testing.assert_close(g_ddp, g_ref, rtol=1e-4, atol=1e-6)
 

@@ -76,7 +76,12 @@ def test_meta_reasoning_defaults_on_for_rlvmr_only(tmp_path):
         ("generate_games: 4\n", "generate_games needs data_dir"),
         ("prompt_template: missing/template.txt\n", "prompt_template file not found: missing/template.txt"),
         ("judge_labels: vibes\n", "judge_labels='vibes'"),
-        ("gcd: true\n", "gcd=true"),
+        ("inadmissible_action: skip\n", "inadmissible_action='skip' is not one of"),
+        ("invalid_feedback: loud\n", "invalid_feedback='loud' is not one of"),
+        ("history_length: -2\n", "history_length=-2 must be >= -1"),
+        ("reasoning_history: -1\n", "reasoning_history=-1 must be >= 0"),
+        ("gigpo_step_reward: score\n", "gigpo_step_reward='score' is not one of"),
+        ("success_reward: 0\n", "success_reward=0 must be > 0"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):
@@ -123,6 +128,8 @@ def test_every_shipped_config_passes_config_check(tmp_path, monkeypatch, capsys)
         assert code == 0, f"{path.name}: {err}"
         assert out.startswith(f"# {path}: OK")
         assert "advantage_estimator:" in out and "environment:" in out
+        assert "\nfidelity:\n" in out and "success_reward:" in out and "invalid_rule:" in out
+        assert "mini_batches:" in out and "differs_from_reference:" in out
 
 
 def test_config_check_cli_reports_errors_and_resolved_values(tmp_path):

@@ -182,23 +182,70 @@ def test_episode_valid_steps_and_win():
 
 
 def test_invalid_output_never_reaches_env_and_counts_toward_max_steps():
-    ep = Episode(TASK, result("Start."), load_template("alfworld"), max_steps=3)
+    """gcd-trl's strict options: inadmissible actions are invalid, feedback says why."""
+    ep = Episode(
+        TASK,
+        result("Start."),
+        load_template("alfworld"),
+        max_steps=3,
+        inadmissible_action="invalid",
+        invalid_feedback="reason",
+    )
     assert ep.apply("I go to cabinet 1") is None
     with pytest.raises(ValueError, match="must not reach the env"):
         ep.observe(result("oops"))
     ep.observe(None)
     rec = ep.steps[0]
     assert not rec.valid and rec.action is None and rec.reason == MISSING_ACTION_TAG and rec.env_reward == 0.0
+    assert rec.raw_action is None and rec.admissible is None
     assert ep.observation.startswith("Nothing happens.") and "no <action>" in ep.observation
     assert "You are now at step 2 and your current observation is: Nothing happens." in ep.prompt()
     assert ep.apply(think("dance")) is None
     ep.observe(None)
     assert ep.steps[1].reason == NOT_ADMISSIBLE and ep.steps[1].anchor == "Start."  # state did not change
+    assert ep.steps[1].raw_action == "dance"
     assert "Action 2: 'dance'" in ep.prompt()
     assert ep.apply(think("look")) == "look"
     ep.observe(result("Still here."))
     assert ep.done and ep.truncated and not ep.won and ep.num_steps == 3 and ep.num_invalid == 2
     assert ep.steps[-1].done
+
+
+def test_default_rules_send_inadmissible_actions_and_show_the_env_answer():
+    """The references' rule: a format error is invalid and answered like an unknown command ("Nothing
+    happens."); a well-formed inadmissible action reaches the env, is valid and recorded admissible=False."""
+    ep = Episode(TASK, result("Start."), load_template("alfworld"), max_steps=5)
+    assert ep.apply("no tags") is None
+    ep.observe(None)
+    assert ep.observation == "Nothing happens." and ep.steps[0].reason == MISSING_ACTION_TAG
+    assert ep.apply(think("Dance wildly.")) == "Dance wildly"
+    ep.observe(result("Nothing happens."))
+    rec = ep.steps[1]
+    assert rec.valid and rec.action == "Dance wildly" and rec.admissible is False and rec.reason is None
+    assert rec.raw_action == "Dance wildly." and rec.to_dict()["admissible"] is False
+    assert ep.apply(think("look")) == "look"
+    ep.observe(result("Room."))
+    assert ep.steps[2].admissible is True
+    assert ep.num_invalid == 1 and ep.num_inadmissible == 1 and ep.summary()["inadmissible"] == 1
+
+
+def test_scienceworld_invalid_feedback_and_unknown_action():
+    """ScienceWorld lists no actions: its parser's answer marks an unknown action (RLVMR's sciworld env
+    checks `action_available`); a format error is answered with the same text."""
+    info = {"action_templates": ["open OBJ"], "objects": ["door"]}
+    task = Task(env="scienceworld", task_name="boil", variation=0)
+    ep = Episode(task, StepResult("Kitchen.", "boil water", None, info=info), load_template("scienceworld"))
+    assert ep.apply("<action>dance</action>") is None  # no <think>
+    ep.observe(None)
+    assert ep.observation == "No known action matches that input."
+    assert ep.apply(think("dance")) == "dance"
+    ep.observe(
+        StepResult("No known action matches that input.", "boil water", None, info={"objects": ["door"]})
+    )
+    assert ep.steps[1].valid and ep.steps[1].admissible is False
+    assert ep.apply(think("open door")) == "open door"
+    ep.observe(StepResult("The door is open.", "boil water", None, info={"objects": ["door"]}))
+    assert ep.steps[2].admissible is None
 
 
 def test_apply_observe_order_is_enforced():
@@ -249,13 +296,57 @@ def test_rlvmr_episode_tracks_tags_and_plan():
     assert ep.apply(think("look")) is None  # <think> alone is not a meta tag
     ep.observe(None)
     assert ep.steps[1].reason == "missing_meta_tag"
+    # RLVMR's env_manager keeps the planning of every output, even an invalid one (two tags here)
+    assert ep.apply("<planning>step 1: new plan</planning><monitor>x</monitor><action>look</action>") is None
+    ep.observe(None)
+    assert ep.steps[2].reason == "multiple_meta_tags"
+    assert "Your current plan is: step 1: new plan" in ep.prompt()
+
+
+def test_history_all_older_actions_and_reasoning():
+    """RLVMR's env_manager.build_text_obs: ALFWorld shows every (observation, action); ScienceWorld every
+    action and the last 2 observations; meta_think adds the last 3 full outputs."""
+    ep = Episode(
+        TASK,
+        result("obs 0"),
+        load_template("alfworld_rlvmr"),
+        history_length=-1,
+        reasoning_history=3,
+        meta_reasoning=True,
+        max_steps=50,
+    )
+    outputs = [f"<monitor>m{i}</monitor><action>look</action>" for i in range(1, 6)]
+    for i, out in enumerate(outputs, start=1):
+        ep.apply(out)
+        ep.observe(result(f"obs {i}"))
+    prompt = ep.prompt()
+    assert "most recent 5 observations" in prompt
+    assert all(f"[Observation {i}: 'obs {i - 1}', Action {i}: 'look']" in prompt for i in range(1, 6))
+    assert "[Observation 3: 'obs 2', output: '<monitor>m3</monitor><action>look</action>']" in prompt
+    assert "output: '<monitor>m2</monitor>" not in prompt and "output: '<monitor>m5</monitor>" in prompt
+
+    older = Episode(TASK, result("obs 0"), load_template("alfworld"), history_length=2, older_actions=True)
+    for i in range(1, 5):
+        older.apply(think(["look", "go to desk 1", "go to cabinet 1", "look"][i - 1]))
+        older.observe(result(f"obs {i}"))
+    text = older.prompt()
+    assert "[Action 1: 'look']\n[Action 2: 'go to desk 1']\n[Observation 3: 'obs 2'" in text
+    assert "most recent 2 observations" in text and "output:" not in text
+    first = Episode(
+        TASK, result("obs 0"), load_template("alfworld_rlvmr"), history_length=-1, reasoning_history=3
+    )
+    assert "reasoning" not in first.prompt() and "Prior to this step" not in first.prompt()
 
 
 def test_episode_rejects_bad_settings():
     with pytest.raises(ValueError, match="max_steps"):
         Episode(TASK, result("x"), load_template("alfworld"), max_steps=0)
     with pytest.raises(ValueError, match="history_length"):
-        Episode(TASK, result("x"), load_template("alfworld"), history_length=-1)
+        Episode(TASK, result("x"), load_template("alfworld"), history_length=-2)
+    with pytest.raises(ValueError, match="inadmissible_action"):
+        Episode(TASK, result("x"), load_template("alfworld"), inadmissible_action="skip")
+    with pytest.raises(ValueError, match="invalid_feedback"):
+        Episode(TASK, result("x"), load_template("alfworld"), invalid_feedback="loud")
 
 
 def test_reset_only_info_carries_over_to_later_steps():
@@ -266,3 +357,9 @@ def test_reset_only_info_carries_over_to_later_steps():
     ep.observe(StepResult("The door is open.", "boil water", None, info={"objects": ["door", "stove"]}))
     prompt = ep.prompt()
     assert "Valid actions: open OBJ, look around" in prompt and "objects: door, stove" in prompt
+
+
+def test_help_is_not_shown_among_the_admissible_actions():
+    """verl-agent / RLVMR env_manager.py `build_text_obs`: "exclude 'help' in admissible_actions"."""
+    text = first_prompt(load_template("alfworld"), admissible_actions=["look", "help", "inventory"])
+    assert "['look', 'inventory']" in text

@@ -428,3 +428,116 @@ def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():
     gap, ratio = AgentGRPOTrainer._sampling_gap(mb)
     assert gap.tolist() == [0.5, 0.0]
     assert ratio.tolist() == [0.5, 0.5]
+
+
+def test_mini_batches_take_several_optimizer_steps_per_round(
+    tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path
+):
+    """ppo_mini_batch_size (verl-agent's PPO mini-batches): a round's step samples are cut into several
+    optimizer steps with old log-probs taken once, so the ratio moves and clipping acts within a round; the
+    LR schedule counts optimizer steps; a resume from mid-round replays that round and keeps counting."""
+    common = dict(
+        ppo_mini_batch_size=2,
+        max_steps=4,
+        learning_rate=0.05,
+        lr_scheduler_type="linear",
+        epsilon=0.02,
+        save_strategy="steps",
+        save_steps=1,
+    )
+
+    def run(out, resume=None):
+        trainer = make_trainer(tiny_model_dir, out, alfworld_tasks, alfworld_pool, **common)
+        trainer._generate_turn = scripted_policy(trainer)
+        played = []
+        original = trainer.task_sampler.next_round
+
+        def recording():
+            tasks = original()
+            played.append(tasks)
+            return tasks
+
+        trainer.task_sampler.next_round = recording
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, played
+
+    trainer, seq_a = run(tmp_path / "a")
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == [1, 2, 3, 4]
+    per_round = [
+        h["batching/optimizer_steps_per_round"] for h in logs if "batching/optimizer_steps_per_round" in h
+    ]
+    assert per_round and all(k >= 2 for k in per_round)
+    assert len(seq_a) < 4, "several optimizer steps came from one round"
+    for h in logs:  # linear decay over max_steps optimizer steps (logged: the rate the step used)
+        assert h["learning_rate"] == pytest.approx(0.05 * (4 - (h["step"] - 1)) / 4, abs=1e-9)
+    clip = [v for h in logs for k, v in h.items() if k.startswith("clip_ratio/") and "mean" in k]
+    assert clip and max(clip) > 0, (
+        "the ratio never left the clip range: no step used the round's old log-probs"
+    )
+
+    state1 = json.loads((tmp_path / "a" / "checkpoint-1" / "task_sampler.json").read_text())
+    assert state1["round"] == 0 and state1["round_steps_done"] == 1  # mid-round
+    trainer_b, seq_b = run(tmp_path / "a", resume=str(tmp_path / "a" / "checkpoint-1"))
+    assert seq_b[0] == seq_a[0] and trainer_b.state.global_step == 4
+
+
+def test_resume_falls_back_from_a_half_written_checkpoint(
+    tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path, capsys
+):
+    """A kill while saving leaves the newest checkpoint without its state: `resume_from_checkpoint: true`
+    takes the previous complete one (saying so), and an explicit incomplete path is refused by name."""
+    from gcd_trl.checkpoints import resolve_resume
+
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        alfworld_tasks,
+        alfworld_pool,
+        tasks_per_round=1,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+    )
+    trainer._generate_turn = scripted_policy(trainer)
+    trainer.train()
+    (tmp_path / "checkpoint-2" / "task_sampler.json").unlink()  # as if killed mid-save
+    assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-1")
+    assert "checkpoint-2 is incomplete (no task_sampler.json" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="checkpoint-2 is incomplete"):
+        resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path)
+    assert resolve_resume(True, tmp_path / "fresh") is None
+    resumed = make_trainer(
+        tiny_model_dir, tmp_path, alfworld_tasks, alfworld_pool, tasks_per_round=1, max_steps=2
+    )
+    resumed._generate_turn = scripted_policy(resumed)
+    resumed.train(resume_from_checkpoint=resolve_resume("last", tmp_path))
+    assert resumed.state.global_step == 2
+    assert "resuming from" in capsys.readouterr().out
+
+
+def test_max_rounds_stops_after_the_last_rounds_optimizer_steps(
+    tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path
+):
+    """max_rounds counts rounds (verl-agent's training steps) when mini-batches make several optimizer
+    steps per round: training ends after the last step of round max_rounds - 1."""
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        alfworld_tasks,
+        alfworld_pool,
+        ppo_mini_batch_size=3,
+        max_rounds=2,
+        max_steps=-1,
+        lr_scheduler_type="constant",
+    )
+    assert trainer.args.max_steps == 2 * math.ceil(2 * 2 * 3 / 3)  # the derived upper bound
+    trainer._generate_turn = scripted_policy(trainer)
+    trainer.train()
+    per_round = [
+        h["batching/optimizer_steps_per_round"]
+        for h in trainer.state.log_history
+        if "batching/optimizer_steps_per_round" in h
+    ]
+    assert len(per_round) == 2 and trainer.task_sampler.round == 2
+    assert trainer.state.global_step == sum(per_round)

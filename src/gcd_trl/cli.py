@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("tiny_model", "config", "env", "advantages", "rl")
+# pipeline order first (data, sft, rl, eval, analyze), then tools; a module not built yet is skipped
+COMMANDS = ("data", "sft", "rl", "eval", "analyze", "judge", "tiny_model", "config", "env", "advantages")
 
 
 def build_parser() -> argparse.ArgumentParser:

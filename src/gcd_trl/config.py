@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -26,9 +27,12 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 ESTIMATORS = ("grpo", "gigpo", "rlvmr")
 GRPO_LEVELS = ("steps", "trajectories")
 STEP_NORMS = ("mean_std", "mean")
+GIGPO_STEP_REWARDS = ("success", "dense")
 SPLITS = ("L0", "L1", "L2", "all")
 PARTS = ("train", "test")
 JUDGE_LABELS = ("rules", "external", "both")
+JUDGE_VOTE_MODES = ("n", "repeat")
+CORRECTION_SOURCES = ("auto", "external", "policy")
 
 
 class ConfigError(ValueError):
@@ -70,7 +74,41 @@ class EnvArguments:
         default=None, metadata={"help": "Keep only the first N tasks of the split (smoke runs)."}
     )
     max_episode_steps: int = field(default=30, metadata={"help": "Env steps per episode (paper: 30)."})
-    history_length: int = field(default=2, metadata={"help": "Observation/action pairs shown in the prompt."})
+    history_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Observation/action pairs shown in the prompt, -1 for all. Default: the template's "
+            "(2 for the paper templates, as verl-agent; all for alfworld_rlvmr, as RLVMR's env_manager)."
+        },
+    )
+    history_older_actions: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Also list the actions of steps older than history_length (RLVMR's ScienceWorld "
+            "prompt). Default: the template's (on for scienceworld_rlvmr)."
+        },
+    )
+    reasoning_history: int | None = field(
+        default=None,
+        metadata={
+            "help": "Last N full answers shown in {reasoning_history}. Default: the template's (3 for the "
+            "RLVMR templates, as RLVMR's env_manager)."
+        },
+    )
+    inadmissible_action: str = field(
+        default="env",
+        metadata={
+            "help": "A well-formed action that is not admissible: env = sent to the env, no penalty "
+            "(verl-agent, RLVMR); invalid = penalised and never sent (gcd-trl's stricter rule)."
+        },
+    )
+    invalid_feedback: str = field(
+        default="env",
+        metadata={
+            "help": "Observation after a format error: env = the env's answer to an unknown command "
+            "(as the references, which send the text to the env); reason = that plus why it was invalid."
+        },
+    )
     num_envs: int | None = field(
         default=None, metadata={"help": "Env worker processes. Default: tasks per round per process x G."}
     )
@@ -98,7 +136,10 @@ class EnvArguments:
         _choice("part", self.part, PARTS)
         _choice("alfworld_expert", self.alfworld_expert, ("handcoded", "planner"))
         _at_least("max_episode_steps", self.max_episode_steps, 1)
-        _at_least("history_length", self.history_length, 0)
+        _at_least("history_length", self.history_length, -1)
+        _at_least("reasoning_history", self.reasoning_history, 0)
+        _choice("inadmissible_action", self.inadmissible_action, ("env", "invalid"))
+        _choice("invalid_feedback", self.invalid_feedback, ("env", "reason"))
         _at_least("num_envs", self.num_envs, 1)
         _at_least("max_tasks", self.max_tasks, 1)
         _at_least("step_timeout", self.step_timeout, 0.001)
@@ -134,41 +175,164 @@ class EnvArguments:
 
 @dataclass
 class GCDArguments:
-    """Generative classification disentanglement: the judge task and prompt-based correction (paper §4)."""
+    """Generative classification disentanglement: the judge task and prompt-based correction (paper §4).
+
+    docs/gcd.md defines what each field does to a round. The external-judge fields only matter when
+    `judge_model` is set; the correction fields only when `correction` is on.
+    """
 
     gcd: bool = field(default=False, metadata={"help": "Co-train the actor as a generative judge."})
-    gcd_coef: float = field(default=1.0, metadata={"help": "Weight of judge samples in the loss."})
-    judge_prompts_per_round: int = field(default=16, metadata={"help": "Judge prompts built each round."})
-    judge_num_generations: int = field(default=4, metadata={"help": "Judge answers per prompt (its group)."})
-    judge_labels: str = field(
-        default="both", metadata={"help": "rules | external | both: where action labels come from."}
+    gcd_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the judge loss: L = L_agent + gcd_coef * L_judge (each its own token mean)."
+        },
     )
+    judge_prompts_per_round: int = field(
+        default=16, metadata={"help": "Judge prompts built each round from the round's labelled steps."}
+    )
+    judge_num_generations: int = field(default=4, metadata={"help": "Judge answers per prompt (its group)."})
+    judge_format_penalty: float = field(
+        default=0.1,
+        metadata={"help": "A judge answer without a parsable \\boxed{0} / \\boxed{1} gets reward -this."},
+    )
+    judge_class_balance: bool = field(
+        default=True,
+        metadata={
+            "help": "Pick as many good as bad steps (a round without good steps has no judge prompts); "
+            "false: fill judge_prompts_per_round from whichever class has steps."
+        },
+    )
+    judge_max_completion_length: int | None = field(
+        default=None, metadata={"help": "Token cap of a judge answer. Default: max_completion_length."}
+    )
+    judge_template: str = field(
+        default="critic", metadata={"help": "Critic prompt: a built-in template name or a file."}
+    )
+    static_judge_prompts_per_round: int = field(
+        default=0,
+        metadata={"help": "Static judge rows (dataset rows with kind=judge) drawn each round, when present."},
+    )
+    judge_labels: str = field(
+        default="both",
+        metadata={
+            "help": "rules | external | both: where step labels come from (both: the external label wins "
+            "where it exists; without judge_model, both = rules)."
+        },
+    )
+    # ---- the external judge (an OpenAI-compatible chat endpoint) ----
     judge_model: str | None = field(default=None, metadata={"help": "External judge model (OpenAI API)."})
-    judge_base_url: str | None = field(default=None, metadata={"help": "External judge endpoint."})
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "External judge endpoint, e.g. http://127.0.0.1:8000/v1."}
+    )
     judge_api_key_env: str = field(
         default="OPENAI_API_KEY",
         metadata={"help": "Env var holding the judge API key (never the key itself)."},
     )
+    judge_votes: int = field(default=3, metadata={"help": "External judge answers per step."})
+    judge_min_agree: int = field(
+        default=2, metadata={"help": "Keep a label when at least this many answers (and a majority) give it."}
+    )
+    judge_vote_mode: str = field(
+        default="n",
+        metadata={
+            "help": "n: one request with n=judge_votes (topped up if fewer come back); repeat: one each."
+        },
+    )
+    judge_temperature: float = field(default=0.7, metadata={"help": "External judge sampling temperature."})
+    judge_top_p: float = field(default=1.0, metadata={"help": "External judge nucleus sampling."})
+    judge_max_tokens: int = field(default=1024, metadata={"help": "Token cap of one external judge answer."})
     judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per external judge request."})
+    judge_max_retries: int = field(
+        default=2,
+        metadata={"help": "The openai client's retries on 429 / 5xx / timeouts / connection errors."},
+    )
+    judge_concurrency: int = field(default=8, metadata={"help": "External requests in flight at once."})
+    judge_cache_dir: str | None = field(
+        default=None, metadata={"help": "On-disk answer cache. Default: output_dir/judge_cache."}
+    )
+    judge_max_requests: int | None = field(
+        default=None, metadata={"help": "HTTP requests (retries included) the run may send; then the rules."}
+    )
+    judge_token_budget: int | None = field(
+        default=None, metadata={"help": "Prompt+completion tokens the run may spend; then the rules."}
+    )
+    judge_external_steps_per_round: int = field(
+        default=64, metadata={"help": "Steps per round sent to the external judge (sampled, seeded)."}
+    )
+    # ---- prompt-based correction (golden rules) ----
     correction: bool = field(default=True, metadata={"help": "Summarise critiques into golden rules."})
     correction_every: int = field(default=10, metadata={"help": "Rounds between golden-rule updates."})
-    max_rules: int = field(default=5, metadata={"help": "Golden rules kept in {suggestions}."})
+    max_rules: int = field(
+        default=5, metadata={"help": "Golden rules kept in {suggestions} (themes per update)."}
+    )
+    correction_source: str = field(
+        default="auto",
+        metadata={"help": "auto | external | policy: who writes the rules (auto: external if judge_model)."},
+    )
+    correction_max_advice: int = field(
+        default=256, metadata={"help": "Most recent advice sentences kept for the next rules update."}
+    )
+    suggestion_template: str = field(
+        default="suggestion", metadata={"help": "Golden-rule prompt: a built-in template name or a file."}
+    )
+    rules_file: str | None = field(
+        default=None, metadata={"help": "Versioned golden-rules JSON. Default: output_dir/golden_rules.json."}
+    )
 
     def __post_init__(self) -> None:
         _choice("judge_labels", self.judge_labels, JUDGE_LABELS)
+        _choice("judge_vote_mode", self.judge_vote_mode, JUDGE_VOTE_MODES)
+        _choice("correction_source", self.correction_source, CORRECTION_SOURCES)
         _at_least("gcd_coef", self.gcd_coef, 0.0)
         _at_least("judge_prompts_per_round", self.judge_prompts_per_round, 1)
         _at_least("judge_num_generations", self.judge_num_generations, 2)
+        _at_least("judge_format_penalty", self.judge_format_penalty, 0.0)
+        _at_least("judge_max_completion_length", self.judge_max_completion_length, 1)
+        _at_least("static_judge_prompts_per_round", self.static_judge_prompts_per_round, 0)
+        _at_least("judge_votes", self.judge_votes, 1)
+        _at_least("judge_min_agree", self.judge_min_agree, 1)
+        if self.judge_min_agree > self.judge_votes:
+            raise ConfigError(
+                f"judge_min_agree={self.judge_min_agree} cannot exceed judge_votes={self.judge_votes}"
+            )
+        _at_least("judge_temperature", self.judge_temperature, 0.0)
+        if not 0.0 < self.judge_top_p <= 1.0:
+            raise ConfigError(f"judge_top_p={self.judge_top_p!r} must lie in (0, 1]")
+        _at_least("judge_max_tokens", self.judge_max_tokens, 1)
         _at_least("judge_timeout", self.judge_timeout, 0.001)
+        _at_least("judge_max_retries", self.judge_max_retries, 0)
+        _at_least("judge_concurrency", self.judge_concurrency, 1)
+        _at_least("judge_max_requests", self.judge_max_requests, 0)
+        _at_least("judge_token_budget", self.judge_token_budget, 0)
+        _at_least("judge_external_steps_per_round", self.judge_external_steps_per_round, 0)
         _at_least("correction_every", self.correction_every, 1)
         _at_least("max_rules", self.max_rules, 1)
-        if self.gcd:
+        _at_least("correction_max_advice", self.correction_max_advice, 1)
+        if not self.judge_api_key_env.isidentifier() or self.judge_api_key_env.lower().startswith("sk-"):
+            # never echo the value: it may be the key itself
             raise ConfigError(
-                "gcd=true: GCD co-training is not part of this release yet; run with gcd=false "
-                "(the GRPO / GiGPO / RLVMR baselines)"
+                "judge_api_key_env must name the environment variable that holds the key (e.g. "
+                "DEEPSEEK_API_KEY), not the key; put the key in that variable"
             )
-        if self.judge_labels in ("external", "both") and self.judge_model and not self.judge_base_url:
+        for key in ("judge_template", "suggestion_template"):
+            kind = "critic" if key == "judge_template" else "suggestion"
+            try:
+                from gcd_trl.prompts import TemplateError, load_template
+
+                load_template(getattr(self, key), kind=kind)
+            except TemplateError as err:
+                raise ConfigError(f"{key}: {err}") from None
+        if self.judge_model and not self.judge_base_url:
             raise ConfigError("judge_model is set but judge_base_url is not")
+        if self.judge_base_url and not self.judge_model:
+            raise ConfigError("judge_base_url is set but judge_model is not")
+        if self.judge_labels == "external" and not self.judge_model:
+            raise ConfigError(
+                "judge_labels=external needs judge_model and judge_base_url (an external judge)"
+            )
+        if self.correction_source == "external" and not self.judge_model:
+            raise ConfigError("correction_source=external needs judge_model and judge_base_url")
 
 
 @dataclass
@@ -193,8 +357,43 @@ class AgentGRPOConfig(GRPOConfig):
     omega: float = field(default=1.0, metadata={"help": "Weight of the step-level advantage."})
     step_adv_norm: str = field(default="mean_std", metadata={"help": "mean_std | mean (GiGPO step groups)."})
     invalid_penalty: float = field(default=0.1, metadata={"help": "Reward subtracted for an invalid output."})
+    success_reward: float = field(
+        default=10.0,
+        metadata={
+            "help": "Episode reward of a win (verl-agent and RLVMR: 10 * won, so the 0.1 penalty is 1% of it)."
+        },
+    )
+    gigpo_step_reward: str = field(
+        default="success",
+        metadata={
+            "help": "GiGPO step rewards: success = the success reward on the winning step only (the "
+            "references); dense = success_reward x the env's per-step reward (ScienceWorld score delta/100)."
+        },
+    )
+    reflection_at_first_step: bool = field(
+        default=True,
+        metadata={
+            "help": "RLVMR: pay <reflection> at a trajectory's first step (RLVMR's code does: it compares "
+            "with an empty, invalid previous step); false pays it only after an invalid/inadmissible step."
+        },
+    )
     similarity_threshold: float | None = field(
         default=None, metadata={"help": "GiGPO: group anchors at least this similar (default: identical)."}
+    )
+    max_rounds: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many rounds (verl-agent's training steps). With ppo_mini_batch_size a "
+            "round makes several optimizer steps; max_steps (optimizer steps) is then derived as an upper "
+            "bound unless given."
+        },
+    )
+    ppo_mini_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Step samples per optimizer step: a round is cut into mini-batches of this many samples, "
+            "one optimizer step each (verl-agent's ppo_mini_batch_size). None: the whole round is one step."
+        },
     )
     save_rollouts: bool = field(
         default=True,
@@ -208,7 +407,30 @@ class AgentGRPOConfig(GRPOConfig):
         _at_least("tasks_per_round", self.tasks_per_round, 1)
         _at_least("max_tokens_per_microbatch", self.max_tokens_per_microbatch, 16)
         _at_least("invalid_penalty", self.invalid_penalty, 0.0)
+        _choice("gigpo_step_reward", self.gigpo_step_reward, GIGPO_STEP_REWARDS)
+        if not self.success_reward > 0:
+            raise ConfigError(f"success_reward={self.success_reward!r} must be > 0")
         _at_least("omega", self.omega, 0.0)
+        _at_least("ppo_mini_batch_size", self.ppo_mini_batch_size, 1)
+        _at_least("max_rounds", self.max_rounds, 1)
+        if self.ppo_mini_batch_size and self.max_steps <= 0 and not self.max_rounds:
+            raise ConfigError(
+                "ppo_mini_batch_size is set: give max_rounds (or max_steps, in optimizer steps); a round's "
+                "number of optimizer steps depends on how many step samples it holds, so epochs cannot be "
+                "counted in advance"
+            )
+        if self.max_rounds and self.max_steps <= 0 and self.ppo_mini_batch_size:
+            decaying = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+            if not decaying.startswith("constant"):
+                raise ConfigError(
+                    f"lr_scheduler_type={decaying!r} decays over max_steps optimizer steps, which max_rounds "
+                    "with ppo_mini_batch_size cannot fix in advance: set max_steps too, or use a constant schedule"
+                )
+        if self.use_adaptive_entropy:
+            raise ConfigError(
+                "use_adaptive_entropy is not supported by AgentGRPOTrainer; set a fixed entropy_coef"
+            )
+        _at_least("entropy_coef", self.entropy_coef, 0.0)
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma={self.gamma!r} must lie in [0, 1]")
         if self.similarity_threshold is not None and not 0.0 < self.similarity_threshold <= 1.0:
@@ -257,9 +479,9 @@ RL_DATACLASSES = (AgentGRPOConfig, EnvArguments, GCDArguments, ModelConfig)
 # YAML checks that argparse does not do (it takes YAML values as defaults, unchecked)
 
 
-def _field_types() -> dict[str, tuple[type, Any]]:
+def _field_types(classes: tuple[type, ...] = RL_DATACLASSES) -> dict[str, tuple[type, Any]]:
     out: dict[str, tuple[type, Any]] = {}
-    for cls in RL_DATACLASSES:
+    for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
@@ -304,8 +526,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def check_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a run config and reject unknown keys and wrongly typed values, naming them."""
+def check_yaml(path: str | os.PathLike, classes: tuple[type, ...] = RL_DATACLASSES) -> dict[str, Any]:
+    """Read a config for `classes` and reject unknown keys and wrongly typed values, naming them."""
     import yaml
 
     path = Path(path)
@@ -319,7 +541,7 @@ def check_yaml(path: str | os.PathLike) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping of key: value")
-    known = _field_types()
+    known = _field_types(classes)
     for key, value in data.items():
         if key == "env" and isinstance(value, dict):
             continue  # TrlParser's environment-variable block
@@ -360,6 +582,19 @@ def parse_rl_config(
     return train, env, gcd, model
 
 
+def derive_max_steps(train: AgentGRPOConfig, env: EnvArguments) -> None:
+    """With max_rounds and no max_steps: max_steps becomes an upper bound on the optimizer steps of
+    max_rounds rounds (training stops after the last round; AgentGRPOConfig allows this only with a
+    constant LR schedule, so the bound changes nothing but progress bars)."""
+    if not train.max_rounds or train.max_steps > 0:
+        return
+    per_round = 1
+    if train.ppo_mini_batch_size:
+        most_samples = train.tasks_per_round * train.num_generations * env.max_episode_steps
+        per_round = math.ceil(most_samples / train.ppo_mini_batch_size)
+    train.max_steps = train.max_rounds * train.num_iterations * per_round
+
+
 def check_combination(
     train: AgentGRPOConfig, env: EnvArguments, gcd: GCDArguments, model: ModelConfig
 ) -> None:
@@ -384,6 +619,7 @@ def check_combination(
     if env.prompt_template and not Path(env.prompt_template).suffix == "":
         if not Path(env.prompt_template).is_file():
             raise ConfigError(f"prompt_template file not found: {env.prompt_template}")
+    derive_max_steps(train, env)
     if train.use_vllm and train.use_cpu:
         raise ConfigError("use_vllm=true needs a GPU; it cannot be combined with use_cpu=true")
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,11 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import identity, pad, use_adapter
 
 from gcd_trl.advantages import AdvantageConfig, compute_advantage_terms
+from gcd_trl.checkpoints import JUDGE_STATE_NAME, SAMPLER_STATE_NAME
+from gcd_trl.config import derive_max_steps
 from gcd_trl.envs.base import Task
+from gcd_trl.gcd.task import JudgeTask
+from gcd_trl.generation import Generation, to_chat
 from gcd_trl.rollout.batching import (
     LOSS_TYPES,
     RoundTaskSampler,
@@ -50,9 +55,23 @@ from gcd_trl.rollout.batching import (
     padded_tokens,
     tasks_fingerprint,
 )
-from gcd_trl.rollout.collector import Generation, RolloutCollector, StepSample
+from gcd_trl.rollout.collector import RolloutCollector, StepSample
+from gcd_trl.rollout.records import write_jsonl_atomic
 
-SAMPLER_STATE_NAME = "task_sampler.json"
+SAMPLE_KINDS = ("agent", "judge")
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _chunk(items: list, parts: int, k: int) -> list:
+    """The k-th of `parts` contiguous, near-equal slices of `items` (sizes differ by at most one)."""
+    n = len(items)
+    return items[k * n // parts : (k + 1) * n // parts]
 
 
 def _env_reward(prompts=None, completions=None, **kwargs):
@@ -76,15 +95,99 @@ class _Tickets(TorchDataset):
 
 
 @dataclass
-class _Round:
-    """A built round: its micro-batches (model inputs) and how each one's loss is scaled."""
+class _Update:
+    """One optimizer step's samples: micro-batches (model inputs), each one's loss scale and entropy scale."""
 
     microbatches: list[dict[str, Any]]
     factors: list[float]
-    index: int  # the round's number (task sampler cursor)
+    entropy_scales: list[float]  # multiplies a micro-batch's summed token entropy (0: padding)
     plan: list[list[int]]  # sample indices of each micro-batch
-    totals: RoundTotals
+    totals: dict[str, RoundTotals]  # per sample kind ("agent", "judge")
+    padded_tokens: int  # what the micro-batches cost once padded (this process)
+
+
+@dataclass
+class _Round:
+    """A built round: its optimizer steps (one without mini-batches) and bookkeeping."""
+
+    updates: list[_Update]
+    index: int  # the round's number (task sampler cursor)
     time_logps: float = 0.0
+
+
+class _CallableGenerator:
+    """A `generate(prompts)` function as a `Generator` object."""
+
+    def __init__(self, fn) -> None:
+        self.generate = fn
+
+
+class TrainerGenerator:
+    """TRL's generation machinery behind the `gcd_trl.generation.Generator` protocol.
+
+    Every call into TRL's private generation API lives here (`_tokenize_prompts`, `_generate_single_turn`:
+    transformers `generate` under `unwrap_model_for_generation`, or TRL's vLLM colocate/server backend with
+    its weight sync), so a TRL upgrade touches one class. With several processes, calls are made in
+    lockstep (the collector syncs its turn loop): backends whose generate is collective (vLLM server/TP
+    colocate, ZeRO-3/FSDP) see the same number of calls, and vLLM, which slices its outputs by an equal
+    per-process count, gets equal-size prompt lists.
+    """
+
+    def __init__(self, trainer: GRPOTrainer) -> None:
+        self.trainer = trainer
+        self._eos_and_pad = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
+
+    @contextlib.contextmanager
+    def max_new_tokens(self, limit: int | None):
+        """Cap completions at `limit` tokens inside the block (GCD judge answers); None keeps the default."""
+        t = self.trainer
+        if limit is None:
+            yield
+            return
+        saved = t.max_completion_length
+        vllm = getattr(t, "vllm_generation", None) if t.use_vllm else None
+        config = getattr(t, "generation_config", None)
+        try:
+            if vllm is not None:
+                vllm.max_completion_length = limit
+            if config is not None:
+                config.max_new_tokens = limit
+                t.generation_kwargs["max_new_tokens"] = limit
+            yield
+        finally:
+            if vllm is not None:
+                vllm.max_completion_length = saved
+            if config is not None:
+                config.max_new_tokens = saved
+                t.generation_kwargs["max_new_tokens"] = saved
+
+    def generate(self, prompts: list[str]) -> list[Generation]:
+        t = self.trainer
+        n = len(prompts)
+        prompt_ids = t._tokenize_prompts([to_chat(p) for p in prompts])[0] if prompts else []
+        prompt_ids = [list(ids) for ids in prompt_ids]
+        target = n
+        if t.accelerator.num_processes > 1:
+            if t.use_vllm:
+                target = t._sync_max(n)
+            elif n == 0:
+                target = 1  # sharded models (ZeRO-3/FSDP) need every process in each forward
+        tok = t._tokenizer
+        dummy = [tok.pad_token_id if tok.bos_token_id is None else tok.bos_token_id]
+        padded = prompt_ids + [list(prompt_ids[0]) if prompt_ids else dummy] * (target - n)
+        if not padded:
+            return []
+        completion_ids, logprobs = t._generate_single_turn(padded, None, {}, 1)
+        completion_ids = [list(c) for c in completion_ids[:n]]
+        texts = t.processing_class.batch_decode(completion_ids, skip_special_tokens=True) if n else []
+        out = []
+        for i in range(n):
+            ids = completion_ids[i]
+            truncated = not ids or ids[-1] not in self._eos_and_pad
+            out.append(
+                Generation(prompt_ids[i], ids, texts[i], truncated, None if logprobs is None else logprobs[i])
+            )
+        return out
 
 
 class AgentGRPOTrainer(GRPOTrainer):
@@ -127,7 +230,18 @@ class AgentGRPOTrainer(GRPOTrainer):
         if train_dataset is None or len(train_dataset) == 0:
             raise ValueError("AgentGRPOTrainer: train_dataset (one row per task) is empty")
         rows = [dict(r) for r in train_dataset]
-        self.tasks = [Task.from_dict(r) for r in rows]
+        # one dataset interleaves episode tasks and (optionally) static GCD judge rows: `kind` tells them apart
+        kinds = sorted({r.get("kind") or "episode" for r in rows} - {"episode", "judge"})
+        if kinds:
+            raise ValueError(
+                f"AgentGRPOTrainer: train_dataset has rows of kind {kinds[0]!r} (episode | judge)"
+            )
+        judge_rows = [r for r in rows if r.get("kind") == "judge"]
+        self.tasks = [Task.from_dict(r) for r in rows if (r.get("kind") or "episode") == "episode"]
+        if not self.tasks:
+            raise ValueError("AgentGRPOTrainer: train_dataset has judge rows but no episode tasks")
+        if judge_rows and not (gcd_args is not None and gcd_args.gcd):
+            raise ValueError("AgentGRPOTrainer: train_dataset has judge rows (kind=judge) but gcd is off")
         bad = sorted({t.env for t in self.tasks} - {env_args.environment})
         if bad:
             raise ValueError(
@@ -135,16 +249,9 @@ class AgentGRPOTrainer(GRPOTrainer):
                 f"but environment={env_args.environment!r}"
             )
         self.env_args, self.gcd_args = env_args, gcd_args
+        derive_max_steps(args, env_args)
         # built (and validated) before the model loads; reused every round
-        self.advantage_config = AdvantageConfig(
-            estimator=args.advantage_estimator,
-            gamma=args.gamma,
-            omega=args.omega,
-            norm=args.step_adv_norm,
-            invalid_penalty=args.invalid_penalty,
-            similarity_threshold=args.similarity_threshold,
-            grpo_level=args.grpo_level,
-        )
+        self.advantage_config = AdvantageConfig.from_args(args)  # incl. success_reward, gigpo_step_reward
         super().__init__(
             model=model,
             reward_funcs=[_env_reward],
@@ -169,7 +276,27 @@ class AgentGRPOTrainer(GRPOTrainer):
         self._owns_pool = env_pool is None
         self._collector: RolloutCollector | None = None
         self._round: _Round | None = None
-        self._eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        self._queue: deque[_Update] = deque()  # the current round's optimizer steps still to take
+        self._round_steps = 0  # optimizer steps of the current round, num_iterations passes included
+        self._skip_updates = 0  # set on resume: steps of the replayed round the checkpoint already took
+        self._need_old_logps = self.num_iterations > 1
+        # TRL's entropy bonus is a per-micro-batch mean; ours is a token mean over each optimizer step
+        self._entropy_coef = float(args.entropy_coef)
+        self._entropy_bonus_enabled = False
+        self._last_entropies: torch.Tensor | None = None
+        self._gcd_coef = float(gcd_args.gcd_coef) if gcd_args is not None and gcd_args.gcd else 0.0
+        self.generator = TrainerGenerator(self)
+        self.judge_task: JudgeTask | None = None
+        if gcd_args is not None and gcd_args.gcd:
+            self.judge_task = JudgeTask(
+                gcd_args,
+                args.output_dir,
+                seed=args.seed,
+                judge_rows=judge_rows,
+                process_index=self.accelerator.process_index,
+                num_processes=self.accelerator.num_processes,
+                scale_rewards=args.scale_rewards,
+            )
 
     # ------------------------------------------------------------------------------------------------
     # Data: one ticket per optimizer step; the tasks come from the sampler
@@ -221,48 +348,23 @@ class AgentGRPOTrainer(GRPOTrainer):
                 meta_reasoning=bool(self.env_args.meta_reasoning),
                 progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
             )
+            self._collector.suggestions = self._suggestions()
         return self._collector
+
+    def _suggestions(self) -> str | list[str]:
+        """The agent prompt's {suggestions}: the configured text, then the current golden rules."""
+        rules = self.judge_task.suggestions() if self.judge_task is not None else []
+        if not rules:
+            return self.env_args.suggestions
+        return ([self.env_args.suggestions] if self.env_args.suggestions else []) + rules
 
     def _sync_max(self, value: int) -> int:
         t = torch.tensor([value], device=self.accelerator.device)
         return int(self.accelerator.reduce(t, reduction="max").item())
 
     def _generate_turn(self, prompts: list[str]) -> list[Generation]:
-        """One batched generation for every live env of this process (TRL's generation backends).
-
-        With several processes this is called in lockstep (the collector syncs the turn loop): backends
-        whose generate is collective (vLLM server/TP colocate, ZeRO-3/FSDP) see the same number of calls,
-        and vLLM, which slices its outputs by an equal per-process count, gets equal-size prompt lists.
-        """
-        n = len(prompts)
-        conversations = [[{"role": "user", "content": p}] for p in prompts]
-        prompt_ids = self._tokenize_prompts(conversations)[0] if conversations else []
-        prompt_ids = [list(ids) for ids in prompt_ids]
-        target = n
-        if self.accelerator.num_processes > 1:
-            if self.use_vllm:
-                target = self._sync_max(n)
-            elif n == 0:
-                target = 1  # sharded models (ZeRO-3/FSDP) need every process in each forward
-        dummy = [
-            self._tokenizer.pad_token_id
-            if self._tokenizer.bos_token_id is None
-            else self._tokenizer.bos_token_id
-        ]
-        padded = prompt_ids + [list(prompt_ids[0]) if prompt_ids else dummy] * (target - n)
-        if not padded:
-            return []
-        completion_ids, logprobs = self._generate_single_turn(padded, None, {}, 1)
-        completion_ids = [list(c) for c in completion_ids[:n]]
-        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True) if n else []
-        out = []
-        for i in range(n):
-            ids = completion_ids[i]
-            truncated = not ids or ids[-1] not in self._eos_and_pad
-            out.append(
-                Generation(prompt_ids[i], ids, texts[i], truncated, None if logprobs is None else logprobs[i])
-            )
-        return out
+        """The collector's `generate`: this trainer's `TrainerGenerator` (tests swap in scripted policies)."""
+        return self.generator.generate(prompts)
 
     # ------------------------------------------------------------------------------------------------
     # Round building
@@ -286,68 +388,239 @@ class AgentGRPOTrainer(GRPOTrainer):
         samples = rollout.samples
         for s, a in zip(samples, self._advantages(samples) if samples else []):
             s.advantage = float(a)
-        rnd = self._make_round(samples, index)
+        judge = self._judge_round(samples, index) if self.judge_task is not None else []
+        # gcd_coef = 0: the judge still answers (its metrics are logged) but is not trained
+        rnd = self._make_round(samples + judge if self._gcd_coef > 0 else samples, index)
         self._log_round(rollout, samples, rnd, time.perf_counter() - t_round)
         if self.args.save_rollouts:
-            self._write_rollout(index, samples)
+            self._write_rollout(index, samples, judge)
         return rnd
 
-    def _write_rollout(self, index: int, samples: list[StepSample]) -> None:
-        """One JSON line per step (the step record plus its advantage): `gcd-trl advantages` reads these."""
-        folder = Path(self.args.output_dir) / "rollouts"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"round_{index:05d}_rank{self.accelerator.process_index}.jsonl"
-        with path.open("w") as f:
-            for s in samples:
-                row = s.record.to_dict()
-                row.update(advantage=s.advantage, truncated=s.truncated, round=index)
-                f.write(json.dumps(row) + "\n")
+    def _write_rollout(self, index: int, samples: list[StepSample], judge: list[StepSample] = ()) -> None:
+        """One JSON line per sample (schema: `gcd_trl.rollout.records`): agent steps with their advantage,
+        then judge answers (kind "judge", the judged step's ids, label and reward)."""
+        rows = []
+        for s in samples:
+            row = s.record.to_dict()
+            row.update(kind="agent", advantage=s.advantage, truncated=s.truncated, round=index)
+            rows.append(row)
+        for s in judge:
+            info, src = s.judge, s.judge["source"] or {}
+            rows.append(
+                {
+                    "kind": "judge",
+                    "group": src.get("group", -1),
+                    "traj": src.get("traj", -1),
+                    "step": src.get("step", -1),
+                    "anchor": src.get("anchor") or "",
+                    "prompt": info["prompt"],
+                    "completion": info["completion"],
+                    "valid": info["score"] is not None,
+                    "label": info["label"],
+                    "label_source": info["label_source"],
+                    "judge_score": info["score"],
+                    "judge_reward": info["reward"],
+                    "advantage": s.advantage,
+                    "truncated": s.truncated,
+                    "round": index,
+                }
+            )
+        path = (
+            Path(self.args.output_dir)
+            / "rollouts"
+            / f"round_{index:05d}_rank{self.accelerator.process_index}.jsonl"
+        )
+        write_jsonl_atomic(path, rows)
+
+    # ------------------------------------------------------------------------------------------------
+    # GCD: the policy as a generative judge of its own steps (gcd/task.py holds the model-free half)
+
+    def _judge_round(self, samples: list[StepSample], index: int) -> list[StepSample]:
+        """Label the round's steps, ask the policy to judge a class-balanced set of them (G answers each, one
+        batched call through the agent's generation backend), score the answers against the labels, and
+        return them as judge samples with group advantages. Every few rounds, renew the golden rules."""
+        task, g = self.judge_task, self.gcd_args
+        t0 = time.perf_counter()
+        records = [{**s.record.to_dict(), "round": index} for s in samples]
+        labelled = task.label(records, index)
+        t_external = time.perf_counter() - t0
+        prompts = task.prompts(labelled, index)
+        t1 = time.perf_counter()
+        with self.generator.max_new_tokens(g.judge_max_completion_length):
+            gens = self._generate_turn([p.prompt for p in prompts for _ in range(g.judge_num_generations)])
+        t_generate = time.perf_counter() - t1
+        judged = task.score(prompts, [x.text for x in gens], labelled, index)
+        out = []
+        for gen, adv, info in zip(gens, judged.advantages, judged.infos):
+            info["completion"] = gen.text
+            out.append(
+                StepSample(
+                    gen.prompt_ids,
+                    gen.completion_ids,
+                    None,
+                    gen.truncated,
+                    False,
+                    gen.logprobs,
+                    advantage=float(adv),
+                    kind="judge",
+                    judge=info,
+                )
+            )
+        self._log_judge(samples, out, judged.counts, task.label_counts(labelled), t_external, t_generate)
+        self._update_rules(index)
+        return out
+
+    def _update_rules(self, index: int) -> None:
+        """Golden rules every `correction_every` rounds, the same on every process: advice is gathered from all
+        processes, every process takes part in generation (it may be collective), process 0's book wins."""
+        task = self.judge_task
+        if task.rules is None:
+            return
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list, gather_object
+
+            pending = gather_object([task.rules.pending])
+            task.rules.pending = [a for part in pending for a in part][-task.rules.max_advice :]
+        if not task.rules.due(index):
+            return
+        generator, source = task.rules_generator(_CallableGenerator(self._generate_turn))
+        if source == "external" and not acc.is_main_process:
+            task.rules.last_update_round = index  # process 0 asks the endpoint; its book is broadcast
+        else:
+            task.rules.maybe_update(index, generator, source=source)
+        if acc.num_processes > 1:
+            state = [task.rules.state_dict()]
+            broadcast_object_list(state, from_process=0)
+            task.rules.load_state_dict(state[0])
+        if self._collector is not None:
+            self._collector.suggestions = self._suggestions()
+        for name, value in task.rules.metrics("gcd/").items():
+            self._metrics["train"][name].append(value)
+
+    def _log_judge(self, samples, judge, counts, labels, t_external, t_generate) -> None:
+        keys = sorted(counts) + sorted(labels)
+        agent_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+        judge_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in judge)
+        values = [counts[k] for k in sorted(counts)] + [labels[k] for k in sorted(labels)]
+        values += [agent_tokens, judge_tokens, t_generate, t_external]
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            t = self.accelerator.reduce(t, reduction="sum")
+        v = dict(zip(keys + ["agent_tokens", "judge_tokens", "t_generate", "t_external"], t.tolist()))
+        m = self._metrics["train"]
+        m["judge/prompts"].append(v["prompts"])
+        m["judge/answers"].append(v["answers"])
+        if v["good_answers"]:
+            m["judge/accuracy_good"].append(v["good_hits"] / v["good_answers"])
+        if v["bad_answers"]:
+            m["judge/accuracy_bad"].append(v["bad_hits"] / v["bad_answers"])
+        m["judge/format_failure_rate"].append(v["unparsable"] / max(v["answers"], 1))
+        m["judge/reward_mean"].append(v["reward_sum"] / max(v["answers"], 1))
+        m["judge/labelled_share"].append((v["good"] + v["bad"]) / max(v["steps"], 1))
+        m["judge/labelled_good"].append(v["good"])
+        m["judge/labelled_bad"].append(v["bad"])
+        m["judge/labelled_by_rule_share"].append(v["rule"] / max(v["good"] + v["bad"], 1))
+        m["judge/labelled_by_external_share"].append(v["external"] / max(v["good"] + v["bad"], 1))
+        m["judge/token_share"].append(v["judge_tokens"] / max(v["agent_tokens"] + v["judge_tokens"], 1))
+        m["time/judge_generation"].append(v["t_generate"] / self.accelerator.num_processes)
+        m["time/judge_labels"].append(v["t_external"] / self.accelerator.num_processes)
+        self.state.num_input_tokens_seen += int(v["judge_tokens"]) if self._gcd_coef > 0 else 0
+        if self.judge_task.external is not None:
+            for name, value in self.judge_task.external.metrics("judge/external_").items():
+                m[name].append(value)
 
     def _make_round(self, samples: list[StepSample], index: int = 0) -> _Round:
-        """Micro-batches under the token budget, the same count on every process, each with its loss scale."""
+        """Cut the round into optimizer steps (`ppo_mini_batch_size` agent samples each, judge samples spread
+        evenly over them), then each step into micro-batches. Old log-probs are computed here, once, before
+        any step changes the weights."""
+        t_logps = time.perf_counter()
+        agent = [s for s in samples if s.kind == "agent"]
+        judge = [s for s in samples if s.kind == "judge"]
+        num_updates = 1
+        if self.args.ppo_mini_batch_size:
+            total = self._sum_over_processes([len(agent)])[0]
+            num_updates = max(1, math.ceil(total / self.args.ppo_mini_batch_size))
+        self._need_old_logps = num_updates > 1 or self.num_iterations > 1
+        gaps: list = []
+        updates = []
+        for k in range(num_updates):
+            part = _chunk(agent, num_updates, k) + _chunk(judge, num_updates, k)
+            updates.append(self._make_update(part, gaps))
+        if gaps:
+            self._log_sampling_gap(gaps)
+        return _Round(updates, index, time.perf_counter() - t_logps)
+
+    def _make_update(self, samples: list[StepSample], gaps: list | None = None) -> _Update:
+        """Micro-batches under the token budget, one sample kind each, the same count on every process, each
+        with the loss scale that makes the step's loss L_agent + gcd_coef x L_judge, every term the loss
+        type's formula over its own samples (so independent of the cut into micro-batches and processes)."""
         device = self.accelerator.device
         loss_tokens = [
             0 if (s.truncated and self.mask_truncated_completions) or s.weight == 0 else len(s.completion_ids)
             for s in samples
         ]
-        plan = pack_microbatches(
-            [len(s.prompt_ids) for s in samples],
-            [len(s.completion_ids) for s in samples],
-            self.args.max_tokens_per_microbatch,
-        )
-        num_mb, rows, tokens = self._round_counts(len(plan), len(samples), sum(loss_tokens))
-        totals = RoundTotals(
-            rows=rows,
-            tokens=tokens,
-            num_processes=self.accelerator.num_processes,
-            num_microbatches=max(num_mb, 1),
-        )
-        plan = equalize_microbatches(plan, totals.num_microbatches)
-        microbatches, factors, gaps = [], [], []
-        t_logps = time.perf_counter()
+        prompt_lens = [len(s.prompt_ids) for s in samples]
+        completion_lens = [len(s.completion_ids) for s in samples]
+        plan: list[list[int]] = []
+        counts: list[int] = []
+        for kind in SAMPLE_KINDS:
+            idx = [i for i, s in enumerate(samples) if s.kind == kind]
+            packed = pack_microbatches(
+                [prompt_lens[i] for i in idx],
+                [completion_lens[i] for i in idx],
+                self.args.max_tokens_per_microbatch,
+            )
+            plan += [[idx[j] for j in mb] for mb in packed]
+            counts += [len(idx), sum(loss_tokens[i] for i in idx)]
+        num_mb = self._max_over_processes(len(plan))
+        counts = self._sum_over_processes(counts)
+        num_mb = max(num_mb, 1)
+        totals = {
+            kind: RoundTotals(
+                rows=counts[2 * k],
+                tokens=counts[2 * k + 1],
+                num_processes=self.accelerator.num_processes,
+                num_microbatches=num_mb,
+            )
+            for k, kind in enumerate(SAMPLE_KINDS)
+        }
+        plan = equalize_microbatches(plan, num_mb)
+        coef = {"agent": 1.0, "judge": self._gcd_coef}
+        microbatches, factors, entropy_scales = [], [], []
         for idx in plan:
             mb = self._collate([samples[i] for i in idx])
+            kind = samples[idx[0]].kind if idx else "agent"
+            mb_tokens = sum(loss_tokens[i] for i in idx)
             num_items, factor = microbatch_loss_scale(
-                self.loss_type, totals, mb_rows=max(len(idx), 1), mb_tokens=sum(loss_tokens[i] for i in idx)
+                self.loss_type, totals[kind], mb_rows=max(len(idx), 1), mb_tokens=mb_tokens
             )
             mb["num_items_in_batch"] = torch.tensor(num_items, device=device)
             self._add_old_and_ref_logps(mb)
-            if "old_per_token_logps" in mb and "sampling_per_token_logps" in mb:
+            if gaps is not None and "old_per_token_logps" in mb and "sampling_per_token_logps" in mb:
                 gaps.append(self._sampling_gap(mb))
             microbatches.append(mb)
-            factors.append(factor)
-        if gaps:
-            self._log_sampling_gap(gaps)
-        return _Round(microbatches, factors, index, plan, totals, time.perf_counter() - t_logps)
-
-    def _round_counts(self, num_microbatches: int, rows: int, tokens: int) -> tuple[int, int, int]:
-        """(max micro-batches, total rows, total loss tokens) over all processes."""
-        t = torch.tensor([num_microbatches, rows, tokens], device=self.accelerator.device, dtype=torch.long)
-        if self.accelerator.num_processes > 1:
-            t = torch.cat(
-                [self.accelerator.reduce(t[:1], reduction="max"), self.accelerator.reduce(t[1:], "sum")]
+            factors.append(factor * coef[kind])
+            # entropy bonus: a token mean over the kind's tokens of this step, on every process's share
+            entropy_scales.append(
+                coef[kind] * self.accelerator.num_processes / totals[kind].tokens
+                if idx and totals[kind].tokens
+                else 0.0
             )
-        return int(t[0]), int(t[1]), int(t[2])
+        padded = sum(padded_tokens(idx, prompt_lens, completion_lens) for idx in plan)
+        return _Update(microbatches, factors, entropy_scales, plan, totals, padded)
+
+    def _max_over_processes(self, value: int) -> int:
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor([value], device=self.accelerator.device, dtype=torch.long)
+        return int(self.accelerator.reduce(t, reduction="max").item())
+
+    def _sum_over_processes(self, values: list[int]) -> list[int]:
+        if self.accelerator.num_processes == 1:
+            return list(values)
+        t = torch.tensor(values, device=self.accelerator.device, dtype=torch.long)
+        return [int(v) for v in self.accelerator.reduce(t, reduction="sum").tolist()]
 
     def _collate(self, samples: list[StepSample]) -> dict[str, Any]:
         """Left-pad prompts, right-pad completions; no samples -> one zero-weight padding row."""
@@ -396,7 +669,7 @@ class AgentGRPOTrainer(GRPOTrainer):
     def _add_old_and_ref_logps(self, mb: dict[str, Any]) -> None:
         """Behaviour (old) log-probs when the round is reused or vLLM sampled it; reference log-probs
         when beta > 0."""
-        need_old = self.num_iterations > 1 or (self.use_vllm and self.vllm_importance_sampling_correction)
+        need_old = self._need_old_logps or (self.use_vllm and self.vllm_importance_sampling_correction)
         if not need_old and self.beta == 0.0:
             return
         input_ids = torch.cat([mb["prompt_ids"], mb["completion_ids"]], dim=1)
@@ -467,24 +740,35 @@ class AgentGRPOTrainer(GRPOTrainer):
     # The optimizer step
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """One call = one round (one `num_iterations` pass of it); Trainer then clips and steps."""
+        """One call = one optimizer step: the next update of the current round (building the next round when
+        the current one is used up: `num_iterations` passes over its updates); Trainer then clips and steps."""
         t0 = time.perf_counter()
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        if self._round is None or self.state.global_step % self.num_iterations == 0:
+        if not self._queue:
             self._round = None  # free the previous round's tensors before building the next
             self._round = self._build_round()
+            self._queue = deque(u for _ in range(self.num_iterations) for u in self._round.updates)
+            self._round_steps = len(self._queue)
+            self._metrics["train"]["batching/optimizer_steps_per_round"].append(len(self._round.updates))
+            # resumed mid-round: the round is played again, and the optimizer steps already taken are skipped
+            for _ in range(min(self._skip_updates, len(self._queue) - 1)):
+                self._queue.popleft()
+            self._skip_updates = 0
+        update = self._queue.popleft()
+        if not self._queue and self.args.max_rounds and self._round.index + 1 >= self.args.max_rounds:
+            self.control.should_training_stop = True  # the last round's last optimizer step
         t_bwd = time.perf_counter()
-        loss = self._accumulate(model, self._round)
+        loss = self._accumulate(model, update)
         self._metrics["train"]["time/backward"].append(time.perf_counter() - t_bwd)
         self._step += 1
         self._metrics["train"]["step_time"].append(time.perf_counter() - t0)
         return loss
 
-    def _accumulate(self, model, rnd: _Round) -> torch.Tensor:
-        """Forward/backward every micro-batch of the round, gradients synchronised on the last one only."""
-        num_mb = len(rnd.microbatches)
+    def _accumulate(self, model, update: _Update) -> torch.Tensor:
+        """Forward/backward every micro-batch of the update, gradients synchronised on the last one only."""
+        num_mb = len(update.microbatches)
         deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         kwargs = {"scale_wrt_gas": False} if deepspeed else {}
         saved_ga = getattr(self, "current_gradient_accumulation_steps", 1)
@@ -492,7 +776,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         total = torch.zeros((), device=self.accelerator.device)
         try:
             with self._ragged_gather():
-                for k, (mb, factor) in enumerate(zip(rnd.microbatches, rnd.factors)):
+                for k, mb in enumerate(update.microbatches):
                     last = k == num_mb - 1
                     if deepspeed:  # the engine accumulates and steps on the boundary (accelerate's wrapper)
                         self.accelerator.gradient_state._set_sync_gradients(last)
@@ -501,7 +785,11 @@ class AgentGRPOTrainer(GRPOTrainer):
                         ctx = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
                     with ctx:
                         with self.compute_loss_context_manager():
-                            loss = self._compute_loss(model, mb) * factor
+                            self._last_entropies = None
+                            loss = self._compute_loss(model, mb) * update.factors[k]
+                            if self._entropy_coef and update.entropy_scales[k]:
+                                summed = (self._last_entropies * mb["completion_mask"]).sum()
+                                loss = loss - self._entropy_coef * update.entropy_scales[k] * summed
                         self.accelerator.backward(loss, **kwargs)
                     total += loss.detach()
         finally:
@@ -509,6 +797,13 @@ class AgentGRPOTrainer(GRPOTrainer):
             if deepspeed:
                 self.accelerator.gradient_state._set_sync_gradients(True)
         return total
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        """TRL's log-prob pass; keeps the entropies of the loss pass for our entropy bonus (see _accumulate)."""
+        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if kwargs.get("compute_entropy") and torch.is_grad_enabled():
+            self._last_entropies = out[1]
+        return out
 
     @contextlib.contextmanager
     def _ragged_gather(self):
@@ -539,7 +834,6 @@ class AgentGRPOTrainer(GRPOTrainer):
     # Metrics
 
     def _log_round(self, rollout, samples: list[StepSample], rnd: _Round, t_round: float) -> None:
-        plan, totals = rnd.plan, rnd.totals
         device = self.accelerator.device
         eps = rollout.episodes
         adv = [s.advantage for s in samples]
@@ -556,12 +850,7 @@ class AgentGRPOTrainer(GRPOTrainer):
                 sum(s.truncated for s in samples),
                 sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples),
                 sum(len(s.completion_ids) for s in samples),
-                sum(
-                    padded_tokens(
-                        idx, [len(s.prompt_ids) for s in samples], [len(s.completion_ids) for s in samples]
-                    )
-                    for idx in plan
-                ),
+                sum(u.padded_tokens for u in rnd.updates),
                 rollout.pool_restarts,
                 sum(adv),
                 sum(a * a for a in adv),
@@ -605,7 +894,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         m["rollout/truncated_rate"].append(truncated / max(n, 1))
         m["rollout/tokens"].append(tokens)
         m["rollout/completion_tokens"].append(ctokens)
-        m["batching/microbatches"].append(totals.num_microbatches)
+        m["batching/microbatches"].append(sum(len(u.microbatches) for u in rnd.updates))
         m["batching/padding_fraction"].append(1.0 - tokens / padded if padded else 0.0)
         mean = adv_sum / max(n, 1)
         m["advantages/mean"].append(mean)
@@ -625,21 +914,27 @@ class AgentGRPOTrainer(GRPOTrainer):
 
     def _sampler_state(self) -> dict[str, Any]:
         state = self.task_sampler.state_dict()
-        mid_round = self._round is not None and self.state.global_step % self.num_iterations != 0
+        mid_round = self._round is not None and bool(self._queue)
         if mid_round:  # the resumed run must replay the round in flight: point the cursor back at it
             state["round"] = self._round.index
+            state["round_steps_done"] = self._round_steps - len(self._queue)
         state["global_step"] = self.state.global_step
         state["num_iterations"] = self.num_iterations
         return state
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        """Our state goes in first, Trainer's last: Trainer writes `trainer_state.json` after the weights and
+        the optimizer, then prunes older checkpoints, so a checkpoint holding `trainer_state.json` is
+        complete and a kill at any moment leaves one (see `find_resumable_checkpoint`)."""
         if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            with open(os.path.join(folder, SAMPLER_STATE_NAME), "w") as f:
-                json.dump(self._sampler_state(), f, indent=2)
+            os.makedirs(folder, exist_ok=True)
+            _write_json_atomic(os.path.join(folder, SAMPLER_STATE_NAME), self._sampler_state())
+            if self.judge_task is not None:  # golden rules, static-row cursor, external judge budget
+                _write_json_atomic(os.path.join(folder, JUDGE_STATE_NAME), self.judge_task.state_dict())
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -654,7 +949,22 @@ class AgentGRPOTrainer(GRPOTrainer):
         with open(path) as f:
             state = json.load(f)
         self.task_sampler.load_state_dict(state)
+        if self.accelerator.is_main_process:
+            mid = " (mid-round: the round is played again)" if "round_steps_done" in state else ""
+            print(
+                f"gcd-trl: resuming from {checkpoint} at optimizer step {state.get('global_step')}, "
+                f"round {state['round']}{mid}",
+                flush=True,
+            )
         self._round = None
+        self._queue.clear()
+        self._skip_updates = int(state.get("round_steps_done", 0))
+        judge_path = os.path.join(checkpoint, JUDGE_STATE_NAME)
+        if self.judge_task is not None and os.path.isfile(judge_path):
+            with open(judge_path) as f:
+                self.judge_task.load_state_dict(json.load(f))
+            if self._collector is not None:
+                self._collector.suggestions = self._suggestions()
 
     # ------------------------------------------------------------------------------------------------
     # Model card
@@ -676,7 +986,8 @@ class AgentGRPOTrainer(GRPOTrainer):
                 else ""
             ),
             f"- environment: `{e.environment}`, split `{e.split}` ({e.part}), {len(self.tasks)} tasks, "
-            f"{e.max_episode_steps} steps per episode, history {e.history_length}",
+            f"{e.max_episode_steps} steps per episode, "
+            f"history {'the template default' if e.history_length is None else e.history_length}",
             f"- round: {a.tasks_per_round} tasks x G={a.num_generations}, loss_type `{a.loss_type}`, "
             f"beta={a.beta}, num_iterations={a.num_iterations}, invalid_penalty={a.invalid_penalty}",
         ]

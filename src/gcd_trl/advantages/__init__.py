@@ -6,6 +6,13 @@
 `compute_advantage_terms(batch, AdvantageConfig(...))` also returns the episode and step parts.
 One module per estimator (grpo.py, gigpo.py, rlvmr.py); their docstrings list the conventions and where
 they match verl-agent and RLVMR.
+
+Reward scale: records that carry `won` (as rollout step records do) get episode reward
+`success_reward * won`, 10 by default as in verl-agent and RLVMR (`compute_reward` in their
+env_package/*/envs.py), so the invalid penalty (0.1) is 1% of a win there and here. Records with an
+explicit `episode_reward` / `step_reward` are taken as they are. The trainer (AgentGRPOConfig.success_reward)
+and `gcd-trl advantages --success-reward` use the same default, so a rollout file re-scored by the CLI
+reproduces the advantages the trainer wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from gcd_trl.advantages.common import (
     ESTIMATORS,
     GRPO_LEVELS,
     NORMS,
+    STEP_REWARDS,
+    SUCCESS_REWARD,
     TAGS,
     AdvantageConfig,
     Advantages,
@@ -31,15 +40,15 @@ from gcd_trl.advantages.common import (
 _MODULES = {"grpo": grpo, "gigpo": gigpo, "rlvmr": rlvmr}
 
 
-def _as_batch(batch: StepBatch | Iterable[Mapping[str, Any]], estimator: str) -> StepBatch:
-    return batch if isinstance(batch, StepBatch) else records_to_batch(batch, estimator)
+def _as_batch(batch: StepBatch | Iterable[Mapping[str, Any]], config: AdvantageConfig) -> StepBatch:
+    return batch if isinstance(batch, StepBatch) else records_to_batch(batch, config=config)
 
 
 def compute_advantage_terms(
     batch: StepBatch | Iterable[Mapping[str, Any]], config: AdvantageConfig
 ) -> Advantages:
     """Total, episode and step advantages (and the step signal) of every row, in the batch's row order."""
-    return _MODULES[config.estimator].compute(_as_batch(batch, config.estimator), config)
+    return _MODULES[config.estimator].compute(_as_batch(batch, config), config)
 
 
 def compute_advantages(
@@ -52,6 +61,8 @@ def compute_advantages(
     invalid_penalty: float = 0.1,
     similarity_threshold: float | None = None,
     grpo_level: str = "steps",
+    success_reward: float = SUCCESS_REWARD,
+    step_reward: str = "success",
 ) -> np.ndarray:
     """One advantage per step (float64, aligned with the batch rows / records)."""
     config = AdvantageConfig(
@@ -62,6 +73,8 @@ def compute_advantages(
         invalid_penalty=invalid_penalty,
         similarity_threshold=similarity_threshold,
         grpo_level=grpo_level,
+        success_reward=success_reward,
+        step_reward=step_reward,
     )
     return compute_advantage_terms(batch, config).total
 
@@ -70,6 +83,8 @@ __all__ = [
     "ESTIMATORS",
     "GRPO_LEVELS",
     "NORMS",
+    "STEP_REWARDS",
+    "SUCCESS_REWARD",
     "TAGS",
     "AdvantageConfig",
     "Advantages",

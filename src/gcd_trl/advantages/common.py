@@ -19,13 +19,18 @@ import numpy as np
 ESTIMATORS = ("grpo", "gigpo", "rlvmr")
 NORMS = ("mean_std", "mean")
 GRPO_LEVELS = ("steps", "trajectories")
+STEP_REWARDS = (
+    "success",
+    "dense",
+)  # GiGPO step rewards: the success reward only, or the env's per-step reward
+SUCCESS_REWARD = 10.0  # verl-agent / RLVMR: reward = 10 * won (env_package/*/envs.py compute_reward)
 # Meta-reasoning tags (RLVMR). Code len(TAGS) ("none") marks a step without a valid tag.
 TAGS = ("planning", "explore", "reflection", "monitor")
 NO_TAG = len(TAGS)
 EPSILON = 1e-6  # verl-agent / RLVMR: (x - mean) / (std + 1e-6)
 
 # Record fields each estimator needs, beyond the common ones (group, traj, step, episode reward, validity).
-NEEDS = {"grpo": (), "gigpo": ("anchor", "step_reward"), "rlvmr": ("tag", "action")}
+NEEDS = {"grpo": (), "gigpo": ("anchor", "step_reward"), "rlvmr": ("tag", "action", "admissible")}
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,20 @@ class AdvantageConfig:
     planning_reward: float = 1.0  # RLVMR meta-reasoning rewards
     explore_reward: float = 1.0
     reflection_reward: float = 1.0
+    reflection_at_first_step: bool = True  # RLVMR pays a first-step <reflection> (empty, invalid "previous")
+    # Rewards derived from records that carry `won` / `env_reward` rather than explicit rewards:
+    success_reward: float = SUCCESS_REWARD  # episode reward of a win
+    step_reward: str = (
+        "success"  # GiGPO: "success" = episode reward on the last step; "dense" = sr x env_reward
+    )
 
     def __post_init__(self) -> None:
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("norm", self.norm, NORMS)
         _choice("grpo_level", self.grpo_level, GRPO_LEVELS)
+        _choice("step_reward", self.step_reward, STEP_REWARDS)
+        if not self.success_reward > 0:
+            raise ValueError(f"success_reward={self.success_reward!r} must be > 0")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma={self.gamma!r} must lie in [0, 1]")
         if self.invalid_penalty < 0:
@@ -63,6 +77,29 @@ class AdvantageConfig:
             raise ValueError(
                 f"similarity_threshold applies to estimator gigpo only (estimator={self.estimator!r})"
             )
+
+    @classmethod
+    def from_args(cls, args: Any) -> AdvantageConfig:
+        """The config a run's AgentGRPOConfig (or `gcd-trl advantages` arguments) asks for: one mapping
+        from the run's field names, so the trainer and the CLI cannot drift apart. Fields the object
+        lacks keep their defaults (TRL's `epsilon`, the clip range, is not our normalisation epsilon)."""
+        values = {ours: getattr(args, theirs) for ours, theirs in RUN_FIELDS.items() if hasattr(args, theirs)}
+        return cls(**values)
+
+
+# AdvantageConfig field -> the run config's (AgentGRPOConfig) field name.
+RUN_FIELDS = {
+    "estimator": "advantage_estimator",
+    "gamma": "gamma",
+    "omega": "omega",
+    "norm": "step_adv_norm",
+    "invalid_penalty": "invalid_penalty",
+    "similarity_threshold": "similarity_threshold",
+    "grpo_level": "grpo_level",
+    "success_reward": "success_reward",
+    "step_reward": "gigpo_step_reward",
+    "reflection_at_first_step": "reflection_at_first_step",
+}
 
 
 @dataclass(frozen=True)
@@ -191,6 +228,7 @@ class StepBatch:
     action: np.ndarray | None = None
     anchor_values: Sequence[Any] = field(default_factory=list)
     action_values: Sequence[Any] = field(default_factory=list)
+    inadmissible: np.ndarray | None = None  # valid step whose action was not admissible (sent anyway)
 
     @classmethod
     def from_columns(
@@ -205,6 +243,7 @@ class StepBatch:
         anchor: Sequence[Any] | np.ndarray | None = None,
         tag: Sequence[str | None] | np.ndarray | None = None,
         action: Sequence[Any] | np.ndarray | None = None,
+        inadmissible: Sequence[bool] | np.ndarray | None = None,
     ) -> StepBatch:
         """Hash ids/strings to codes and check the columns (equal lengths, one row per (traj, step))."""
         n = len(step)
@@ -217,6 +256,7 @@ class StepBatch:
             ("anchor", anchor),
             ("tag", tag),
             ("action", action),
+            ("inadmissible", inadmissible),
         ):
             if col is not None and len(col) != n:
                 raise ValueError(f"column {name!r} has {len(col)} rows, column 'step' has {n}")
@@ -242,6 +282,7 @@ class StepBatch:
             action=action_codes,
             anchor_values=anchor_values,
             action_values=action_values,
+            inadmissible=None if inadmissible is None else np.asarray(inadmissible, dtype=bool),
         )
         batch.check()
         return batch
@@ -286,6 +327,15 @@ class StepBatch:
         first = np.empty(len(o), dtype=bool)
         first[o] = np.r_[True, t[1:] != t[:-1]] if len(o) else np.zeros(0, dtype=bool)
         return first
+
+    @cached_property
+    def last_in_traj(self) -> np.ndarray:
+        """Per row: is it its trajectory's last step (of those in the batch)?"""
+        o = self.order
+        t = self.traj[o]
+        last = np.empty(len(o), dtype=bool)
+        last[o] = np.r_[t[1:] != t[:-1], True] if len(o) else np.zeros(0, dtype=bool)
+        return last
 
     @cached_property
     def n_groups(self) -> int:
@@ -373,18 +423,34 @@ def _check_types(values: list, name: str, kinds: tuple[type, ...]) -> None:
     raise RecordError(i, name, f"field {name!r} must be {want}, got {values[i]!r}")
 
 
-def records_to_batch(records: Iterable[Mapping[str, Any]], estimator: str | None = None) -> StepBatch:
+def records_to_batch(
+    records: Iterable[Mapping[str, Any]],
+    estimator: str | None = None,
+    *,
+    config: AdvantageConfig | None = None,
+) -> StepBatch:
     """Build a StepBatch from step dicts (`group, traj, step, anchor, episode_reward, step_reward,
     invalid, tag, action`; `StepRecord.to_dict()` works too).
 
-    - validity: `invalid` or else `valid` (negated);
-    - episode reward: `episode_reward`, or else 1.0 if any step of the trajectory has `won` true, else 0.0;
-    - step reward: `step_reward`, or else `env_reward`;
-    - `estimator` decides which optional fields are read and required (gigpo: anchor and a step reward;
-      rlvmr: tag and action); with None each is read when every record has it.
+    - validity: `invalid` or else `valid` (negated); `admissible: false` on a valid step marks an action
+      sent to the env although not admissible (RLVMR's reflection rule counts it as a failed step);
+    - episode reward: `episode_reward`, or else `success_reward` if any step of the trajectory has `won`
+      true, else 0.0 (verl-agent and RLVMR pay 10 * won);
+    - step reward (gigpo): `step_reward` where a record has it, else by `step_reward` mode: "success" puts
+      the episode reward on the trajectory's last step and 0 elsewhere (the references' env reward is
+      10 * won, paid when the episode ends); "dense" uses `success_reward * env_reward` (ScienceWorld: the
+      score delta / 100, so a full score pays what a win pays);
+    - action (rlvmr): `raw_action` (the text written in the action block; RLVMR compares raw text) where a
+      record has it, else `action`;
+    - `config` (default `AdvantageConfig()`) gives `success_reward` and `step_reward`; `estimator` (default
+      the config's, if a config is given) decides which optional fields are read and required (gigpo:
+      anchor and a step reward; rlvmr: tag and action); with neither, each is read when every record has it.
     Raises RecordError (a ValueError) naming the record index and the field.
     """
     records = records if isinstance(records, Sequence) else list(records)
+    if estimator is None and config is not None:
+        estimator = config.estimator
+    config = config or AdvantageConfig(estimator=estimator or "grpo")
     if estimator is not None:
         _choice("estimator", estimator, ESTIMATORS)
     needs = NEEDS.get(estimator, ())
@@ -397,37 +463,67 @@ def records_to_batch(records: Iterable[Mapping[str, Any]], estimator: str | None
     _check_types(step, "step", (int,))
     invalid = _invalid_flags(records)
 
-    episode = _episode_rewards(records, group, traj)
+    episode = _episode_rewards(records, group, traj, config.success_reward)
 
-    def optional(name: str, keys: tuple[str, ...]) -> list | None:
+    def optional(name: str, keys: tuple[str, ...], required: bool | None = None) -> list | None:
         if estimator is not None and name not in needs:
             return None  # not read, so not checked
-        return _column(records, keys, name in needs, why)
+        return _column(records, keys, name in needs if required is None else required, why)
 
-    step_reward = optional("step_reward", ("step_reward", "env_reward"))
-    if step_reward is not None:
-        _check_types(step_reward, "step_reward", (int, float))
+    explicit_steps: list | None = None
+    derived_steps: np.ndarray | None = None
+    if estimator is None or "step_reward" in needs:
+        if config.step_reward == "dense":
+            explicit_steps = optional("step_reward", ("step_reward", "env_reward"))
+            if explicit_steps is not None:
+                _check_types(explicit_steps, "step_reward", (int, float))
+                scale = [1.0 if "step_reward" in r else config.success_reward for r in records]
+                explicit_steps = [v * k for v, k in zip(explicit_steps, scale)]
+        else:
+            explicit_steps = [r.get("step_reward") for r in records]
+            _check_types(explicit_steps, "step_reward", (int, float, type(None)))
+            derived_steps = np.zeros(len(records))  # filled once trajectories are known
     anchor = optional("anchor", ("anchor",))
     if anchor is not None:
         _check_types(anchor, "anchor", (str,))
     tag = optional("tag", ("tag",))
-    action = optional("action", ("action",))
+    action = optional("action", ("raw_action", "action"))
     if action is not None:
         _check_types(action, "action", (str, type(None)))
-    return StepBatch.from_columns(
+    admissible = optional("admissible", ("admissible",), required=False)
+    if admissible is None and estimator == "rlvmr":
+        admissible = [r.get("admissible") for r in records]
+    if admissible is not None:
+        _check_types(admissible, "admissible", (bool, type(None)))
+    invalid_arr = np.asarray(invalid, dtype=bool)
+    batch = StepBatch.from_columns(
         group=group,
         traj=traj,
         step=np.asarray(step, dtype=np.int64),
         episode_reward=episode,
-        invalid=np.asarray(invalid, dtype=bool),
-        step_reward=None if step_reward is None else np.asarray(step_reward, dtype=np.float64),
+        invalid=invalid_arr,
+        step_reward=None if derived_steps is not None or explicit_steps is None else explicit_steps,
         anchor=anchor,
         tag=tag,
         action=action,
+        inadmissible=None
+        if admissible is None
+        else ~invalid_arr & np.array([a is False for a in admissible], dtype=bool),
     )
+    if derived_steps is not None:
+        derived = np.where(batch.last_in_traj, batch.episode_reward, 0.0)
+        given = np.array([v is not None for v in explicit_steps], dtype=bool)
+        derived[given] = np.asarray([v for v in explicit_steps if v is not None], dtype=np.float64)
+        if not np.all(np.isfinite(derived)):
+            bad = int(np.flatnonzero(~np.isfinite(derived))[0])
+            raise RecordError(bad, "step_reward", "step_reward is not a finite number")
+        batch.step_reward = derived
+    return batch
 
 
-def _episode_rewards(records: Sequence[Mapping[str, Any]], group: list, traj: list) -> np.ndarray:
+def _episode_rewards(
+    records: Sequence[Mapping[str, Any]], group: list, traj: list, success_reward: float
+) -> np.ndarray:
     try:
         values = list(map(itemgetter("episode_reward"), records))
         _check_types(values, "episode_reward", (int, float))
@@ -450,5 +546,5 @@ def _episode_rewards(records: Sequence[Mapping[str, Any]], group: list, traj: li
     traj_won = np.zeros(int(pair_codes.max(initial=-1)) + 1, dtype=bool)
     np.logical_or.at(traj_won, pair_codes, won)
     missing = np.isnan(out)
-    out[missing] = traj_won[pair_codes[missing]].astype(np.float64)
+    out[missing] = success_reward * traj_won[pair_codes[missing]].astype(np.float64)
     return out

@@ -3,7 +3,10 @@
 Numerically matches verl-agent's `compute_gigpo_outcome_advantage` (gigpo/core_gigpo.py) with the inputs
 its trainer feeds it; the conventions, all taken from there:
 - step return: R_t = r_t + gamma * R_{t+1} over each trajectory's env step rewards (`step_reward`), in step
-  order (verl-agent's `compute_step_discounted_returns`);
+  order (verl-agent's `compute_step_discounted_returns`). The references' env reward is `10 * won`, paid
+  on the step that ends the episode, on ALFWorld and ScienceWorld alike; records without `step_reward` get
+  exactly that (`step_reward="success"`: the episode reward on the trajectory's last step); the option
+  `step_reward="dense"` feeds `success_reward * env_reward` instead (ScienceWorld: score delta / 100);
 - the invalid penalty enters *after* discounting: only the invalid step's own return drops by
   `invalid_penalty` (verl-agent's `apply_invalid_action_penalty` edits `step_rewards`, which by then hold
   the returns); the episode score drops the same way (see grpo.py);

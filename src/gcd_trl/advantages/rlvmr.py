@@ -1,20 +1,20 @@
 """RLVMR (Zhang et al. 2025): GRPO's episode advantage plus verifiable meta-reasoning (MR) rewards.
 
 Each step carries one tag. The MR reward of a step, following RLVMR's `process_trajectory_rlvmr_rewards`
-(rlvmr/core_rlvmr.py):
+(rlvmr/core_rlvmr.py), with actions compared as the raw text written in the action block (RLVMR compares
+`re.findall(r'<action>(.*?)</action>', output)`; records give `raw_action`, else `action`):
 - <planning>: `planning_reward` (1) when the episode succeeds (episode_reward > 0);
-- <explore>: `explore_reward` (1) when no earlier *valid* step of the trajectory took the same action;
-- <reflection>: `reflection_reward` (1) when the previous step was invalid and this action differs from
-  the previous step's action;
+- <explore>: `explore_reward` (1) when no earlier *valid* step of the trajectory wrote the same action;
+- <reflection>: `reflection_reward` (1) when the previous step failed (invalid, or valid but not admissible:
+  RLVMR's `is_action_valid and action_available`) and this action differs from the previous step's; at a
+  trajectory's first step RLVMR compares with an empty, invalid "previous step", so a first-step
+  reflection is paid (`reflection_at_first_step`, default True, as RLVMR);
 - <monitor>: 0;
 - a step without a valid tag is invalid (RLVMR's format check); an invalid step gets tag "none", MR reward
   0, and the invalid penalty on its episode score (as in RLVMR's trainer; the MR reward is not penalised).
 The MR reward is normalised within (episode group, tag) with the configured norm; like RLVMR's
 `step_norm_reward_by_tag`, a (group, tag) holding a single step keeps its raw reward (mean 0, std 1).
 Total = episode advantage (grpo.py, RLVMR computes it over step samples) + omega * MR advantage.
-
-Deliberate difference: RLVMR pays a <reflection> at a trajectory's first step (it compares with an empty
-"previous action" marked invalid); here a first step has no previous step, so it earns 0, as the rule says.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def mr_rewards(
     planning_reward: float = 1.0,
     explore_reward: float = 1.0,
     reflection_reward: float = 1.0,
+    reflection_at_first_step: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step: (MR reward, effective tag code, effective invalid flag)."""
     tag, invalid = effective_tags(batch)
@@ -76,11 +77,16 @@ def mr_rewards(
         first_valid[valid_rows[first]] = True
     reward[(tg == EXPLORE) & first_valid] = explore_reward
 
-    # reflection: previous step of the same trajectory invalid, and a different action now.
+    # reflection: previous step of the same trajectory failed (invalid or inadmissible), and a different
+    # action now; or the first step of a trajectory (RLVMR's empty, invalid "previous step").
+    failed = bad if batch.inadmissible is None else bad | batch.inadmissible[o]
     has_prev = np.r_[False, t[1:] == t[:-1]]
-    prev_bad = np.r_[False, bad[:-1]]
+    prev_failed = np.r_[False, failed[:-1]]
     prev_differs = np.r_[False, a[1:] != a[:-1]]
-    reward[(tg == REFLECTION) & has_prev & prev_bad & prev_differs] = reflection_reward
+    paid = has_prev & prev_failed & prev_differs
+    if reflection_at_first_step:
+        paid |= ~has_prev
+    reward[(tg == REFLECTION) & paid] = reflection_reward
 
     out = np.empty(n)
     out[o] = reward
@@ -93,6 +99,7 @@ def compute(batch: StepBatch, config: AdvantageConfig) -> Advantages:
         planning_reward=config.planning_reward,
         explore_reward=config.explore_reward,
         reflection_reward=config.reflection_reward,
+        reflection_at_first_step=config.reflection_at_first_step,
     )
     # A step without a valid tag counts as invalid for the episode score's penalty too.
     scored = batch if np.array_equal(invalid, batch.invalid) else replace(batch, invalid=invalid)

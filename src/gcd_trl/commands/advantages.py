@@ -13,16 +13,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "advantages",
         help="Add advantages to step records (JSONL in, JSONL out).",
         description="Read one JSON object per step (group, traj, step, episode_reward or won, invalid or "
-        "valid; gigpo: anchor, step_reward or env_reward; rlvmr: tag, action) and write the same records "
-        "with `advantage`, `episode_advantage` and `step_advantage` added.",
+        "valid; gigpo: anchor, and step_reward or env_reward with --step-reward dense; rlvmr: tag, "
+        "raw_action or action, optionally admissible) and write the same records with `advantage`, "
+        "`episode_advantage` and `step_advantage` added. The defaults are a training run's (the "
+        "references'), so a rollout file from `gcd-trl rl` is re-scored to the advantages it holds.",
     )
-    p.add_argument("--estimator", required=True, choices=("grpo", "gigpo", "rlvmr"))
+    p.add_argument(
+        "--estimator", dest="advantage_estimator", required=True, choices=("grpo", "gigpo", "rlvmr")
+    )
     p.add_argument("--input", required=True, help="JSONL file of step records ('-' for stdin).")
     p.add_argument("--output", default="-", help="Where to write the JSONL (default: stdout).")
     p.add_argument("--gamma", type=float, default=0.95, help="Discount of GiGPO step returns.")
     p.add_argument("--omega", type=float, default=1.0, help="Weight of the step-level advantage.")
     p.add_argument(
         "--norm",
+        dest="step_adv_norm",
         choices=("mean_std", "mean"),
         default="mean_std",
         help="(x-mean)/(std+1e-6) with the unbiased std, or x-mean.",
@@ -35,6 +40,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="GiGPO: group anchors at least this similar (difflib ratio); default identical only.",
+    )
+    p.add_argument(
+        "--success-reward",
+        type=float,
+        default=10.0,
+        help="Episode reward of a won trajectory, for records with `won` but no episode_reward "
+        "(verl-agent and RLVMR: 10).",
+    )
+    p.add_argument(
+        "--step-reward",
+        dest="gigpo_step_reward",
+        choices=("success", "dense"),
+        default="success",
+        help="GiGPO step rewards for records without step_reward: the success reward on the last step "
+        "(the references) or success_reward x env_reward (dense ScienceWorld score deltas).",
+    )
+    p.add_argument(
+        "--reflection-at-first-step",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="RLVMR: pay <reflection> at a trajectory's first step (RLVMR's code does).",
     )
     p.add_argument(
         "--grpo-level",
@@ -66,22 +92,14 @@ def run(args: argparse.Namespace) -> int:
 
     name = "<stdin>" if args.input == "-" else args.input
     try:
-        config = AdvantageConfig(
-            estimator=args.estimator,
-            gamma=args.gamma,
-            omega=args.omega,
-            norm=args.norm,
-            invalid_penalty=args.invalid_penalty,
-            similarity_threshold=args.similarity_threshold,
-            grpo_level=args.grpo_level,
-        )
+        config = AdvantageConfig.from_args(args)  # the same field names as the run config
         if args.input == "-":
             records, lines = _read_records(sys.stdin, name)
         else:
             with open(args.input, encoding="utf-8") as f:
                 records, lines = _read_records(f, name)
         try:
-            batch = records_to_batch(records, args.estimator)
+            batch = records_to_batch(records, config=config)
             terms = compute_advantage_terms(batch, config)
         except RecordError as err:
             raise ValueError(f"{name}:{lines[err.index]}: {err.problem}") from None

@@ -114,6 +114,12 @@ def prepare(argv: list[str]):
     except TemplateError as err:
         raise InputError(f"prompt_template: {err}") from err
     _check_model_path(model_args.model_name_or_path)
+    from gcd_trl.checkpoints import resolve_resume
+
+    try:  # which checkpoint, decided now: an incomplete newest one falls back to the previous one
+        train.resume_from_checkpoint = resolve_resume(train.resume_from_checkpoint, train.output_dir)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     tasks = build_tasks(env)
     per_process = train.tasks_per_round // train.world_size
     if len(tasks) < per_process:
@@ -123,12 +129,6 @@ def prepare(argv: list[str]):
             file=sys.stderr,
         )
     return train, env, gcd, model_args, tasks
-
-
-def _resume_arg(value):
-    if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True
-    return value or None
 
 
 def build_trainer(train_args, env_args, gcd_args, model_args, tasks):
@@ -171,7 +171,7 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
 
     trainer = build_trainer(train_args, env_args, gcd_args, model_args, tasks)
     try:
-        trainer.train(resume_from_checkpoint=_resume_arg(train_args.resume_from_checkpoint))
+        trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         trainer.save_model(train_args.output_dir)
         trainer.create_model_card(model_name=Path(train_args.output_dir).name)
         if train_args.push_to_hub:

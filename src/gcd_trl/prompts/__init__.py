@@ -12,8 +12,13 @@ no suggestions, the "Prior to this step ..." line at the first step (or with his
 Built-in templates (files next to this module):
 - alfworld, scienceworld: the GCD paper's agent prompts (appendix A.4);
 - alfworld_rlvmr, scienceworld_rlvmr: the same with RLVMR's meta-reasoning tags
-  (<planning>, <explore>, <reflection>, <monitor>) in place of <think>;
+  (<planning>, <explore>, <reflection>, <monitor>) in place of <think>, and RLVMR's history: its
+  `env_manager.build_text_obs` shows every past step (ALFWorld: observation and action; ScienceWorld:
+  every action, the last 2 with their observations) plus the last 3 full answers ({reasoning_history});
 - critic, suggestion: the paper's critic and golden-rule prompts (used by GCD).
+
+How much history a template shows by default is in HISTORY_DEFAULTS (`history_defaults(name)`); the run
+config can override each value (EnvArguments history_length, history_older_actions, reasoning_history).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ BUILTIN_TEMPLATES = {
     "scienceworld_rlvmr": "agent",
     "critic": "critic",
     "suggestion": "suggestion",
+    # compact variants for tiny CPU models (same placeholders, a fraction of the tokens): docs/sft.md
+    "alfworld_compact": "agent",
+    "alfworld_rlvmr_compact": "agent",
+    "scienceworld_compact": "agent",
+    "critic_compact": "critic",
 }
 
 
@@ -60,11 +70,12 @@ KINDS: dict[str, TemplateKind] = {
                 "admissible_actions",
                 "available_actions",
                 "plan",
+                "reasoning_history",
             }
         ),
         required=frozenset({"task_description", "current_observation"}),
         one_of=frozenset({"admissible_actions", "available_actions"}),
-        optional=frozenset({"suggestions", "action_history", "plan"}),
+        optional=frozenset({"suggestions", "action_history", "plan", "reasoning_history"}),
     ),
     "critic": TemplateKind(
         allowed=frozenset({"problem", "response"}), required=frozenset({"problem", "response"})
@@ -79,6 +90,41 @@ KINDS: dict[str, TemplateKind] = {
 
 class TemplateError(ValueError):
     """A template that cannot be used: the message names the file (or template) and the problem."""
+
+
+@dataclass(frozen=True)
+class HistoryDefaults:
+    """How much of the past an agent template shows when the run config does not say.
+
+    `history_length`: (observation, action) pairs shown, -1 for all; `older_actions`: also list the actions
+    of the steps before that window; `reasoning_history`: the last N full answers (needs the
+    {reasoning_history} placeholder).
+    """
+
+    history_length: int = 2
+    older_actions: bool = False
+    reasoning_history: int = 0
+
+
+# verl-agent's env.history_length is 2; RLVMR's env_manager shows the full ALFWorld history, every
+# ScienceWorld action with the last 2 observations, and (meta_think) the last 3 outputs.
+HISTORY_DEFAULTS = {
+    "alfworld": HistoryDefaults(2, False, 0),
+    "scienceworld": HistoryDefaults(2, False, 0),
+    "alfworld_rlvmr": HistoryDefaults(-1, False, 3),
+    "scienceworld_rlvmr": HistoryDefaults(2, True, 3),
+}
+
+
+def history_defaults(name_or_path: str | Path, text: str | None = None) -> HistoryDefaults:
+    """The history a template shows by default: HISTORY_DEFAULTS for built-ins; for a user file two
+    pairs, plus the last 3 answers when it uses {reasoning_history}."""
+    name = str(name_or_path)
+    if name in HISTORY_DEFAULTS:
+        return HISTORY_DEFAULTS[name]
+    text = load_template(name) if text is None else text
+    uses_reasoning = any("reasoning_history" in names for _, names in _analyse(text, "agent"))
+    return HistoryDefaults(2, False, 3 if uses_reasoning else 0)
 
 
 def default_agent_template(env: str, meta_reasoning: bool = False) -> str:
@@ -185,23 +231,48 @@ def format_suggestions(suggestions: str | Sequence[str] | None) -> str:
     return "".join(f"\n{i}. {rule}" for i, rule in enumerate(rules, start=1))
 
 
-def format_history(history: Sequence[tuple[str, str]], history_length: int) -> tuple[str, int]:
-    """The last `history_length` (observation, action) pairs, numbered by their step; and how many."""
-    if history_length <= 0 or not history:
+def format_history(
+    history: Sequence[tuple[str, str]], history_length: int, older_actions: bool = False
+) -> tuple[str, int]:
+    """The last `history_length` (observation, action) pairs (-1: all), numbered by their step, and how
+    many. With `older_actions` the steps before that window are listed by their action alone (RLVMR's
+    ScienceWorld prompt). history_length 0 shows nothing."""
+    if history_length == 0 or not history:
         return "", 0
-    window = list(history)[-history_length:]
+    history = list(history)
+    window = history if history_length < 0 else history[-history_length:]
     first = len(history) - len(window) + 1
-    text = "".join(
+    older = (
+        "".join(f"\n[Action {i}: '{act}']" for i, (_, act) in enumerate(history[: first - 1], start=1))
+        if older_actions
+        else ""
+    )
+    text = older + "".join(
         f"\n[Observation {first + i}: '{obs}', Action {first + i}: '{act}']"
         for i, (obs, act) in enumerate(window)
     )
     return text, len(window)
 
 
+def format_reasoning(history: Sequence[tuple[str, str]], outputs: Sequence[str], count: int) -> str:
+    """The last `count` full answers with the observation each answered (RLVMR's "recent reasoning
+    process"); `outputs[i]` is the answer given at step i+1, `history[i]` its (observation, action)."""
+    if count <= 0 or not outputs:
+        return ""
+    start = max(len(outputs) - count, 0)
+    return "".join(
+        f"\n[Observation {i + 1}: '{history[i][0]}', output: '{outputs[i]}']"
+        for i in range(start, len(outputs))
+    )
+
+
 def format_actions(admissible_actions: Sequence[str] | None, env_info: dict[str, Any] | None = None) -> str:
-    """Admissible actions as a quoted list; for ScienceWorld (None) templates plus objects, as RLVMR does."""
+    """Admissible actions as a quoted list; for ScienceWorld (None) templates plus objects, as RLVMR does.
+
+    ALFWorld's "help" is left out of the list shown (verl-agent's and RLVMR's `build_text_obs` drop it); it
+    stays admissible."""
     if admissible_actions is not None:
-        return ", ".join(f"'{a}'" for a in admissible_actions)
+        return ", ".join(f"'{a}'" for a in admissible_actions if a != "help")
     info = env_info or {}
     missing = [k for k in ("action_templates", "objects") if k not in info]
     if missing:
@@ -226,13 +297,20 @@ def render_agent_prompt(
     suggestions: str | Sequence[str] = "",
     env_info: dict[str, Any] | None = None,
     plan: str = "",
+    outputs: Sequence[str] = (),
+    reasoning_history: int = 0,
+    older_actions: bool = False,
 ) -> str:
     """The user message for one agent step.
 
     `history` is every (observation shown, action taken) pair so far, oldest first; the last
-    `history_length` are shown. `step_count` is the number of steps already taken (invalid ones count).
+    `history_length` are shown (-1: all; `older_actions`: the earlier ones by action). `outputs` holds the
+    full answers of those steps; the last `reasoning_history` fill {reasoning_history}. `step_count` is
+    the number of steps already taken (invalid ones count).
     """
-    action_history, shown = format_history(history, history_length)
+    if len(outputs) > len(history):
+        raise ValueError(f"{len(outputs)} outputs for {len(history)} history steps")
+    action_history, shown = format_history(history, history_length, older_actions)
     actions = format_actions(admissible_actions, env_info)
     return render_template(
         template,
@@ -247,6 +325,7 @@ def render_agent_prompt(
         admissible_actions=actions,
         available_actions=actions,
         plan=plan.strip(),
+        reasoning_history=format_reasoning(history, outputs, reasoning_history),
     )
 
 

@@ -3,9 +3,10 @@
 Every live env of this process is prompted at once each turn (never one env at a time); an env whose
 episode ends is refilled with the next pending episode, so the generation batch stays full when the pool
 has fewer envs than episodes. Each env step becomes a `StepSample` (token ids, behaviour log-probs when
-the backend gives them, and the Episode's `StepRecord`). Invalid outputs never reach the env: `Episode.apply`
-returns None for them and the env is not stepped. Episodes aborted by the pool (a dead or hung env
-worker) are counted but give no samples.
+the backend gives them, and the Episode's `StepRecord`). Invalid (format-error) outputs never reach the env:
+`Episode.apply` returns None for them and the env is not stepped; a well-formed action that is not
+admissible reaches it with `inadmissible_action="env"` (the references' rule, counted per episode).
+Episodes aborted by the pool (a dead or hung env worker) are counted but give no samples.
 
 The collector knows no model: `generate(prompts) -> list[Generation]` is given by the trainer. With several
 processes, `sync_max(n)` (an all-reduce max) keeps the turn loop in lockstep: a process whose episodes
@@ -18,38 +19,30 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm.auto import tqdm
 
 from gcd_trl.envs.base import Task
-from gcd_trl.prompts import default_agent_template, load_template
+from gcd_trl.generation import Generation
+from gcd_trl.prompts import HistoryDefaults, default_agent_template, history_defaults, load_template
 from gcd_trl.rollout.episode import Episode, StepRecord
 
 
 @dataclass
-class Generation:
-    """One completion of one prompt, as the generation backend returned it."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    text: str
-    truncated: bool  # hit max_completion_length without an end-of-sequence token
-    logprobs: list[float | None] | None = None  # sampling log-probs per completion token (vLLM), else None
-
-
-@dataclass
 class StepSample:
-    """One env step as a training sample."""
+    """One training sample: an env step (kind "agent") or a GCD judge answer (kind "judge")."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
-    record: StepRecord
+    record: StepRecord | None
     truncated: bool
     repeated: bool  # sent the env the same action as the step before
     logprobs: list[float | None] | None = None
     advantage: float = 0.0
     weight: float = 1.0  # multiplies the advantage; 0 drops the sample from the loss
+    kind: str = "agent"  # "agent": an env step; "judge": a GCD judge answer (record is None, see `judge`)
+    judge: dict | None = None  # judge samples: label, reward, parsed score, source step
 
 
 @dataclass
@@ -63,6 +56,7 @@ class EpisodeSummary:
     aborted: bool
     invalid: int
     repeated: int
+    inadmissible: int = 0  # valid steps whose action was not admissible (sent to the env anyway)
 
 
 @dataclass
@@ -75,6 +69,18 @@ class Rollout:
     time_env: float = 0.0
     turns: int = 0
     pool_restarts: int = 0
+
+
+def resolve_history(env_args, template_name: str, template: str | None = None) -> HistoryDefaults:
+    """The history the prompts show: each EnvArguments value that is set (not None), else the template's
+    default (`prompts.HISTORY_DEFAULTS`: 2 pairs for the paper templates, RLVMR's for the RLVMR ones)."""
+    base = history_defaults(template_name, template)
+    values = {
+        "history_length": getattr(env_args, "history_length", None),
+        "older_actions": getattr(env_args, "history_older_actions", None),
+        "reasoning_history": getattr(env_args, "reasoning_history", None),
+    }
+    return replace(base, **{k: v for k, v in values.items() if v is not None})
 
 
 class RolloutCollector:
@@ -100,6 +106,7 @@ class RolloutCollector:
         name = env_args.prompt_template or default_agent_template(env_args.environment, meta_reasoning)
         self.template = template if template is not None else load_template(name, "agent")
         self.suggestions = env_args.suggestions
+        self.history = resolve_history(env_args, name, self.template)
 
     def _episode(self, task: Task, first, group: int, traj: int) -> Episode:
         return Episode(
@@ -107,9 +114,13 @@ class RolloutCollector:
             first,
             self.template,
             max_steps=self.env_args.max_episode_steps,
-            history_length=self.env_args.history_length,
+            history_length=self.history.history_length,
+            older_actions=self.history.older_actions,
+            reasoning_history=self.history.reasoning_history,
             suggestions=self.suggestions,
             meta_reasoning=self.meta_reasoning,
+            inadmissible_action=getattr(self.env_args, "inadmissible_action", "env"),
+            invalid_feedback=getattr(self.env_args, "invalid_feedback", "env"),
             group=group,
             traj=traj,
         )
@@ -158,6 +169,7 @@ class RolloutCollector:
                     ep.aborted is not None,
                     ep.num_invalid,
                     ep.repeated_actions,
+                    ep.num_inadmissible,
                 )
             )
             wins += bool(ep.won)

@@ -9,15 +9,23 @@
 Rules:
 - An invalid output never reaches the env: `apply` returns None and the caller passes None to
   `observe`. The env state is unchanged, the step still counts toward `max_steps`, and the agent's next
-  observation is "Nothing happens." plus the reason, kept in the history like any other step.
+  observation is what the env answers an unknown command (ALFWorld "Nothing happens.", ScienceWorld "No
+  known action matches that input."; `invalid_feedback="reason"` adds why), kept in the history like any
+  other step. Invalid means a *format* error (rollout/parse.py). A well-formed action that is not on the
+  admissible list is sent to the env like the references do (`inadmissible_action="env"`, recorded with
+  `admissible=False`), or treated as invalid with `inadmissible_action="invalid"`.
 - The episode is done when the env says so, when the env was aborted (`info["aborted"]`, e.g. a dead
   worker in the pool; `aborted` holds the reason), or after `max_steps` steps (`truncated`).
-- History holds (observation shown, action) pairs; the prompt shows the last `history_length`.
+- History holds (observation shown, action) pairs and each full answer; the prompt shows the last
+  `history_length` pairs (-1: all; `older_actions`: earlier steps by action) and the last
+  `reasoning_history` answers (templates with {reasoning_history}, RLVMR's).
 - Info keys in CARRIED_INFO (ScienceWorld's `action_templates`, reported at reset only) carry over
   to later steps that do not report them, so every prompt can list the actions.
 - Each step leaves one StepRecord. `anchor` is the raw env observation of the state the action was
   taken in (GiGPO's state key): after an invalid output it stays the previous env observation, because
   the env state did not change.
+- With meta reasoning the plan shown ({plan}) is the latest non-empty <planning> block of any answer,
+  valid or not (RLVMR's env_manager keeps every output's planning).
 """
 
 from __future__ import annotations
@@ -28,24 +36,41 @@ from typing import Any
 
 from gcd_trl.envs.base import StepResult, Task
 from gcd_trl.prompts import render_agent_prompt
-from gcd_trl.rollout.parse import REASON_TEXT, ParsedOutput, parse_output
+from gcd_trl.rollout.parse import (
+    INADMISSIBLE_MODES,
+    REASON_TEXT,
+    ParsedOutput,
+    parse_output,
+    planning_content,
+)
 
 INVALID_OBSERVATION = "Nothing happens."
+# What each env answers a command it cannot parse (what the references' env sends back after an invalid
+# output, which they pass to the env as text); ScienceWorld's answer also marks an unknown action.
+UNKNOWN_COMMAND = {"alfworld": "Nothing happens.", "scienceworld": "No known action matches that input."}
+INVALID_FEEDBACK = ("env", "reason")
 # info keys an env may report only at reset (ScienceWorld's action templates): kept for later steps
 CARRIED_INFO = ("action_templates",)
 
 
-def invalid_feedback(reason: str) -> str:
-    """The observation the agent sees after an invalid output."""
-    return f"{INVALID_OBSERVATION} (Invalid output: {REASON_TEXT.get(reason, reason)}.)"
+def invalid_feedback(reason: str, env: str = "alfworld", mode: str = "reason") -> str:
+    """The observation the agent sees after an invalid output: the env's answer to an unknown command,
+    plus the reason with mode "reason"."""
+    base = UNKNOWN_COMMAND.get(env, INVALID_OBSERVATION)
+    if mode == "env":
+        return base
+    return f"{base} (Invalid output: {REASON_TEXT.get(reason, reason)}.)"
 
 
 @dataclass
 class StepRecord:
     """One agent step: what it saw, wrote and did, and what the env answered.
 
-    `action` is what the env received (None for an invalid output); `done` means the episode ended
-    after this step (any cause); `won` is the env's success flag after this step.
+    `action` is what the env received (None for an invalid output); `raw_action` the text inside the
+    action block as written; `admissible` whether the action was on the env's admissible list (False for
+    an action sent anyway, or answered "No known action matches that input." by ScienceWorld; None when
+    unknown or a format error); `done` means the episode ended after this step (any cause); `won` is the
+    env's success flag after this step.
     """
 
     group: int
@@ -61,6 +86,8 @@ class StepRecord:
     env_reward: float
     done: bool
     won: bool
+    admissible: bool | None = None
+    raw_action: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,21 +108,38 @@ class Episode:
         meta_reasoning: bool = False,
         group: int = 0,
         traj: int = 0,
+        inadmissible_action: str = "env",
+        invalid_feedback: str = "env",
+        reasoning_history: int = 0,
+        older_actions: bool = False,
     ) -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        if history_length < 0:
-            raise ValueError(f"history_length must be >= 0, got {history_length}")
+        if history_length < -1:
+            raise ValueError(f"history_length must be >= 0, or -1 for all, got {history_length}")
+        if reasoning_history < 0:
+            raise ValueError(f"reasoning_history must be >= 0, got {reasoning_history}")
+        if inadmissible_action not in INADMISSIBLE_MODES:
+            raise ValueError(
+                f"inadmissible_action must be one of {INADMISSIBLE_MODES}, got {inadmissible_action!r}"
+            )
+        if invalid_feedback not in INVALID_FEEDBACK:
+            raise ValueError(f"invalid_feedback must be one of {INVALID_FEEDBACK}, got {invalid_feedback!r}")
         self.task = task
         self.template = template
         self.max_steps = max_steps
         self.history_length = history_length
+        self.reasoning_history = reasoning_history
+        self.older_actions = older_actions
         self.suggestions = suggestions
         self.meta_reasoning = meta_reasoning
+        self.inadmissible_action = inadmissible_action
+        self.invalid_feedback = invalid_feedback
         self.group, self.traj = group, traj
         self.task_description = first.task_description
         self.steps: list[StepRecord] = []
         self.history: list[tuple[str, str]] = []
+        self.outputs: list[str] = []  # each step's full answer (RLVMR's reasoning history)
         self.plan = ""  # the latest <planning> content (RLVMR templates show it)
         self.state = first  # the env's latest result: admissible actions, info, raw observation
         self.observation = first.observation  # what the agent sees now (invalid-output feedback included)
@@ -124,6 +168,9 @@ class Episode:
                 suggestions=self.suggestions,
                 env_info=self.state.info,
                 plan=self.plan,
+                outputs=self.outputs,
+                reasoning_history=self.reasoning_history,
+                older_actions=self.older_actions,
             )
         return self._prompt
 
@@ -134,7 +181,9 @@ class Episode:
         if self._pending is not None:
             raise RuntimeError("apply() called twice: call observe() with the env result first")
         self.prompt()  # the record keeps the prompt this output answered
-        parsed = parse_output(completion, self.state.admissible_actions, self.meta_reasoning)
+        parsed = parse_output(
+            completion, self.state.admissible_actions, self.meta_reasoning, self.inadmissible_action
+        )
         self._pending = (completion, parsed)
         return parsed.action if parsed.valid else None
 
@@ -150,8 +199,9 @@ class Episode:
         # ScienceWorld lists objects in varying order: its adapter offers an order-free anchor
         anchor, shown = self.state.info.get("anchor", self.state.observation), self.observation
 
+        admissible = parsed.admissible
         if result is None:
-            self.observation = invalid_feedback(parsed.reason or "")
+            self.observation = invalid_feedback(parsed.reason or "", self.task.env, self.invalid_feedback)
             taken = parsed.raw_action or "(invalid output)"
             reward, env_done, won = 0.0, False, self.won
         else:
@@ -167,10 +217,15 @@ class Episode:
             taken = parsed.action or ""
             reward, env_done, won = float(result.reward), bool(result.done or self.aborted), bool(result.won)
             self.won = won
-            if parsed.tag == "planning" and parsed.think:
-                self.plan = parsed.think
+            if admissible is None and result.observation.strip() == UNKNOWN_COMMAND["scienceworld"]:
+                admissible = False  # ScienceWorld lists no actions; its parser's verdict is the signal
+        if self.meta_reasoning:
+            plan = planning_content(completion)
+            if plan is not None:
+                self.plan = plan
 
         self.history.append((shown, taken))
+        self.outputs.append(completion)
         step = len(self.steps)
         self.truncated = not env_done and step + 1 >= self.max_steps
         self.done = env_done or self.truncated
@@ -189,6 +244,8 @@ class Episode:
                 env_reward=reward,
                 done=self.done,
                 won=won,
+                admissible=admissible,
+                raw_action=parsed.raw_action,
             )
         )
         self._pending = None
@@ -202,6 +259,11 @@ class Episode:
     @property
     def num_invalid(self) -> int:
         return sum(not s.valid for s in self.steps)
+
+    @property
+    def num_inadmissible(self) -> int:
+        """Valid steps whose action was not admissible (sent to the env with inadmissible_action="env")."""
+        return sum(s.valid and s.admissible is False for s in self.steps)
 
     @property
     def repeated_actions(self) -> int:
@@ -221,6 +283,7 @@ class Episode:
             "score": self.score,
             "steps": self.num_steps,
             "invalid": self.num_invalid,
+            "inadmissible": self.num_inadmissible,
             "repeated_actions": self.repeated_actions,
             "truncated": self.truncated,
             "aborted": self.aborted,

@@ -1,0 +1,139 @@
+"""A training round with GCD on against off, side by side, at the same rollout size (target: < 15% more).
+
+The tiny model plays generated ALFWorld games with TRL's own generation (transformers `generate`), so the
+round holds real generation, env steps, advantages and the optimizer step. With GCD on, the round also
+labels its steps (rules), asks the policy to judge `judge_prompts` of them (G_judge answers each, one
+batched generate) and trains on those answers too. The judge load per episode is the shipped defaults'
+ratio (16 judge prompts x 4 answers per 16 tasks x 8 episodes: 1/8 prompt per episode). Rounds of the two
+trainers alternate, so load changes hit both alike; the median round time is reported.
+
+    .venv/bin/python benchmarks/bench_gcd.py [--rounds 4] [--tasks 4] [--group 4] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build(model_dir, out_dir, tasks, pool, gcd: bool, a):
+    from datasets import Dataset
+
+    from gcd_trl.config import AgentGRPOConfig, EnvArguments, GCDArguments
+    from gcd_trl.trainer import AgentGRPOTrainer
+
+    episodes = a.tasks * a.group
+    args = AgentGRPOConfig(
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        num_generations=a.group,
+        tasks_per_round=a.tasks,
+        max_completion_length=24,
+        max_tokens_per_microbatch=8192,
+        learning_rate=1e-4,
+        activation_checkpointing=False,
+        save_strategy="no",
+        save_rollouts=False,
+        logging_steps=1,
+        max_steps=10_000,
+        disable_tqdm=True,
+        seed=0,
+    )
+    env_args = EnvArguments(environment="alfworld", split="all", max_episode_steps=a.steps)
+    gcd_args = GCDArguments(
+        gcd=gcd,
+        judge_prompts_per_round=max(1, episodes // 8),
+        judge_num_generations=4,
+        judge_class_balance=False,  # a random model never wins: only "bad" labels exist
+        correction=False,
+    )
+    trainer = AgentGRPOTrainer(
+        model_dir,
+        args=args,
+        train_dataset=Dataset.from_list(tasks),
+        env_args=env_args,
+        env_pool=pool,
+        gcd_args=gcd_args,
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
+    return trainer
+
+
+def one_round(trainer) -> tuple[float, dict]:
+    model = trainer.model
+    t = time.perf_counter()
+    trainer._queue.clear()
+    trainer.training_step(model, [{}])
+    trainer.optimizer.step()
+    model.zero_grad()
+    elapsed = time.perf_counter() - t
+    m = {k: v[-1] for k, v in trainer._metrics["train"].items() if v}
+    trainer._metrics["train"].clear()
+    return elapsed, m
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
+    a = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from gcd_trl.envs.alfworld import task_type_of
+    from gcd_trl.envs.alfworld_gen import generate_games
+    from gcd_trl.envs.base import EnvSpec, Task
+    from gcd_trl.envs.pool import EnvPool
+    from gcd_trl.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_tiny_model(os.path.join(tmp, "tiny")))
+        games = generate_games(os.path.join(tmp, "games"), a.tasks, seed=0)
+        tasks = [Task("alfworld", split="all", game=g, task_type=task_type_of(g)).to_dict() for g in games]
+        pool = EnvPool(EnvSpec("alfworld"), a.tasks * a.group)
+        try:
+            runs = {
+                "GCD off": build(model_dir, os.path.join(tmp, "off"), tasks, pool, False, a),
+                "GCD on": build(model_dir, os.path.join(tmp, "on"), tasks, pool, True, a),
+            }
+            for trainer in runs.values():
+                one_round(trainer)  # warm-up
+            times = {k: [] for k in runs}
+            last = {}
+            for _ in range(a.rounds):
+                for name, trainer in runs.items():
+                    elapsed, metrics = one_round(trainer)
+                    times[name].append(elapsed)
+                    last[name] = metrics
+        finally:
+            pool.close()
+    base = statistics.median(times["GCD off"])
+    print(
+        f"round of {a.tasks} tasks x G={a.group}, {a.steps} steps max, tiny model on CPU, 1 thread, "
+        f"median of {a.rounds} interleaved rounds"
+    )
+    print(f"{'':<10}{'round s':>10}{'vs off':>9}{'samples':>9}{'judge prompts':>15}{'judge tokens':>14}")
+    for name in runs:
+        m = last[name]
+        med = statistics.median(times[name])
+        share = m.get("judge/token_share", 0.0)
+        print(
+            f"{name:<10}{med:>10.2f}{med / base:>8.2f}x{m.get('rollout/samples', 0):>9.0f}"
+            f"{m.get('judge/prompts', 0):>15.0f}{share:>13.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

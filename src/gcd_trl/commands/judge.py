@@ -1,0 +1,153 @@
+"""`gcd-trl judge label`: label step records (rules, and an external OpenAI-compatible judge).
+
+    gcd-trl judge label --input outputs/run/rollouts --output labelled.jsonl \\
+        --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --votes 3 --min-agree 2
+
+Reads step records (rollout step files, an eval `episodes.jsonl`, or a directory of them), writes one
+step record per line with `label` (0, 1 or null), `label_source` (rule, external, none) and, where the
+external judge answered, `critiques`; prints a JSON summary as its last line:
+{"steps", "good", "bad", "unlabelled", "requests", "cache_hits", "failures": {kind: count}, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "gcd-trl" / "judge_cache"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge", help="GCD judge tools: label step records.")
+    jsub = p.add_subparsers(dest="judge_command", required=True, metavar="ACTION")
+    lab = jsub.add_parser(
+        "label",
+        help="Add label / label_source / critiques to step records (rules; external judge if configured).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lab.add_argument("--input", required=True, nargs="+", help="Step-record JSONL files or directories.")
+    lab.add_argument("--output", required=True, help="Where to write the labelled step records (JSONL).")
+    lab.add_argument("--config", help="A run config (YAML): its judge_* / GCD keys are used.")
+    lab.add_argument(
+        "--base-url", help="External judge endpoint (OpenAI-compatible), e.g. http://host:8000/v1"
+    )
+    lab.add_argument("--model", help="External judge model name.")
+    lab.add_argument("--labels", choices=("rules", "external", "both"), help="Label source (default: both).")
+    lab.add_argument("--votes", type=int, help="Answers per step (judge_votes).")
+    lab.add_argument(
+        "--min-agree", type=int, help="Answers that must agree to keep a label (judge_min_agree)."
+    )
+    lab.add_argument("--vote-mode", choices=("n", "repeat"), help="One request with n, or one per answer.")
+    lab.add_argument("--api-key-env", help="Env var holding the API key (judge_api_key_env).")
+    lab.add_argument("--temperature", type=float, help="Sampling temperature (judge_temperature).")
+    lab.add_argument("--max-tokens", type=int, help="Token cap of one answer (judge_max_tokens).")
+    lab.add_argument("--timeout", type=float, help="Seconds per request (judge_timeout).")
+    lab.add_argument(
+        "--max-retries", type=int, help="Client retries on 429/5xx/timeouts (judge_max_retries)."
+    )
+    lab.add_argument("--concurrency", type=int, help="Requests in flight (judge_concurrency).")
+    lab.add_argument("--max-requests", type=int, help="HTTP request budget (judge_max_requests).")
+    lab.add_argument("--token-budget", type=int, help="Token budget (judge_token_budget).")
+    lab.add_argument("--template", help="Critic template: built-in name or file (judge_template).")
+    lab.add_argument(
+        "--cache-dir",
+        help=f"Answer cache (judge_cache_dir). Default: {default_cache_dir()} (shared by runs).",
+    )
+    lab.set_defaults(func=run_label)
+
+
+_FLAG_TO_FIELD = {
+    "base_url": "judge_base_url",
+    "model": "judge_model",
+    "labels": "judge_labels",
+    "votes": "judge_votes",
+    "min_agree": "judge_min_agree",
+    "vote_mode": "judge_vote_mode",
+    "api_key_env": "judge_api_key_env",
+    "temperature": "judge_temperature",
+    "max_tokens": "judge_max_tokens",
+    "timeout": "judge_timeout",
+    "max_retries": "judge_max_retries",
+    "concurrency": "judge_concurrency",
+    "max_requests": "judge_max_requests",
+    "token_budget": "judge_token_budget",
+    "template": "judge_template",
+    "cache_dir": "judge_cache_dir",
+}
+
+
+def judge_settings(args: argparse.Namespace):
+    """GCDArguments from the config file's GCD keys, then the command-line flags (gcd itself is ignored:
+    labelling does not train)."""
+    from gcd_trl.config import GCDArguments, check_yaml
+
+    fields = {f.name for f in dataclasses.fields(GCDArguments)} - {"gcd"}
+    values = {}
+    if args.config:
+        values = {k: v for k, v in check_yaml(args.config).items() if k in fields}
+    for flag, name in _FLAG_TO_FIELD.items():
+        if getattr(args, flag) is not None:
+            values[name] = getattr(args, flag)
+    if values.get("judge_model") and "judge_labels" not in values:
+        values["judge_labels"] = "both"
+    return GCDArguments(**values)
+
+
+def run_label(args: argparse.Namespace) -> int:
+    import logging
+
+    from gcd_trl.config import ConfigError
+    from gcd_trl.gcd.external import ExternalJudge
+    from gcd_trl.gcd.labels import label_counts, label_records
+    from gcd_trl.prompts import TemplateError, load_template
+    from gcd_trl.rollout.records import RecordFileError, read_steps, write_jsonl_atomic
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = judge_settings(args)
+        template = load_template(settings.judge_template, kind="critic")
+        if Path(args.output).resolve() in {Path(i).resolve() for i in args.input}:
+            raise ConfigError(f"--output {args.output} is also an --input; write to another file")
+        records = read_steps(args.input)
+    except (ConfigError, TemplateError, RecordFileError, ValueError) as err:
+        print(f"judge label: {err}", file=sys.stderr)
+        return 2
+
+    mode = settings.judge_labels
+    results: dict = {}
+    stats = {"requests": 0, "cache_hits": 0, "failures": {}}
+    if settings.judge_model and mode in ("external", "both"):
+        cache = settings.judge_cache_dir or default_cache_dir()
+        judge = ExternalJudge.from_args(settings, cache_dir=cache, template=template)
+        try:
+            results = judge.judge_records(records)
+        finally:
+            judge.close()
+        stats = judge.stats()
+    elif mode == "both":
+        mode = "rules"
+    labelled = label_records(records, results, mode=mode)
+    write_jsonl_atomic(args.output, labelled)
+    counts = label_counts(labelled)
+    summary = {
+        "steps": counts["steps"],
+        "good": counts["good"],
+        "bad": counts["bad"],
+        "unlabelled": counts["unlabelled"],
+        "requests": stats["requests"],
+        "cache_hits": stats["cache_hits"],
+        "failures": stats["failures"],
+        "labelled_by": {"rule": counts["rule"], "external": counts["external"]},
+        "fallbacks": sum(bool(r.get("failed")) for r in results.values()),
+        "output": str(args.output),
+    }
+    print(json.dumps(summary))
+    return 0
