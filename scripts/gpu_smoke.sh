@@ -9,7 +9,7 @@ OUT=${1:-outputs/gpu_smoke}
 STAGES=${2:-hf,colocate}
 PY=${PYTHON:-python3}
 
-$PY -m gcd_trl tiny-model --out "$OUT/model" --hidden-size 512 --num-layers 8
+$PY -m gcd_trl tiny-model --output_dir "$OUT/model" --overwrite --hidden_size 512 --num_hidden_layers 8
 common=(
     --config configs/rl/tiny_alfworld_grpo.yaml --model_name_or_path "$OUT/model"
     --data_dir "$OUT/games" --generate_games 16 --tasks_per_round 4 --num_generations 4
@@ -20,7 +20,7 @@ common=(
     # sync would show in sampling/sampling_logp_difference (it stays at bf16 noise when sync works).
     --learning_rate 0.1 --weight_decay 1.0
 )
-launch=($PY -m accelerate.commands.launch --config_file configs/accelerate/1gpu.yaml -m gcd_trl rl)
+launch=($PY -m accelerate.commands.launch --config_file configs/accelerate/single_gpu.yaml -m gcd_trl rl)
 
 for stage in ${STAGES//,/ }; do
     echo "=== stage: $stage"

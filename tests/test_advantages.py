@@ -590,7 +590,7 @@ def test_cli_round_trip(tmp_path):
     )
     out = tmp_path / "adv.jsonl"
     res = _cli(
-        "--estimator",
+        "--advantage_estimator",
         "gigpo",
         "--input",
         str(src),
@@ -600,9 +600,9 @@ def test_cli_round_trip(tmp_path):
         "0.5",
         "--omega",
         "1.0",
-        "--norm",
+        "--step_adv_norm",
         "mean_std",
-        "--invalid-penalty",
+        "--invalid_penalty",
         "0.1",
     )
     assert res.returncode == 0, res.stderr
@@ -616,13 +616,13 @@ def test_cli_round_trip(tmp_path):
 
     # stdout by default, stdin with "-", other options
     res = _cli(
-        "--estimator",
+        "--advantage_estimator",
         "grpo",
         "--input",
         "-",
-        "--grpo-level",
+        "--grpo_level",
         "trajectories",
-        "--norm",
+        "--step_adv_norm",
         "mean",
         stdin=src.read_text(),
     )
@@ -642,19 +642,19 @@ def test_cli_bad_input_names_line_and_field(tmp_path):
     del bad["anchor"]
     lines[2] = json.dumps(bad)
     src.write_text("\n" + "\n".join(lines) + "\n")  # a blank first line: the bad record is on line 4
-    res = _cli("--estimator", "gigpo", "--input", str(src))
+    res = _cli("--advantage_estimator", "gigpo", "--input", str(src))
     assert res.returncode == 2
     assert f"{src}:4: missing field 'anchor'" in res.stderr
     # GRPO does not need anchors
-    assert _cli("--estimator", "grpo", "--input", str(src)).returncode == 0
+    assert _cli("--advantage_estimator", "grpo", "--input", str(src)).returncode == 0
 
     src.write_text(lines[0] + "\n{not json\n")
-    res = _cli("--estimator", "grpo", "--input", str(src))
+    res = _cli("--advantage_estimator", "grpo", "--input", str(src))
     assert res.returncode == 2 and f"{src}:2: not valid JSON" in res.stderr
     src.write_text("[1, 2]\n")
-    res = _cli("--estimator", "grpo", "--input", str(src))
+    res = _cli("--advantage_estimator", "grpo", "--input", str(src))
     assert res.returncode == 2 and f"{src}:1: expected a JSON object" in res.stderr
-    res = _cli("--estimator", "grpo", "--input", str(tmp_path / "missing.jsonl"))
+    res = _cli("--advantage_estimator", "grpo", "--input", str(tmp_path / "missing.jsonl"))
     assert res.returncode == 2 and "missing.jsonl" in res.stderr
-    res = _cli("--estimator", "gigpo", "--input", str(src), "--similarity-threshold", "2")
+    res = _cli("--advantage_estimator", "gigpo", "--input", str(src), "--similarity_threshold", "2")
     assert res.returncode == 2 and "similarity_threshold" in res.stderr

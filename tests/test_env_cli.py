@@ -59,23 +59,53 @@ def short_games(shared_dir, tmp_path_factory):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["replay", "--env", "scienceworld", "--games", "."], "--games is for alfworld"),
-        (["replay", "--env", "alfworld", "--games", "/no/such/dir"], "no such directory"),
-        (["replay", "--env", "alfworld", "--games", ".", "--limit", "0"], "--limit must be >= 1"),
-        (["replay", "--env", "alfworld", "--games", ".", "--max-steps", "0"], "--max-steps must be >= 1"),
-        (["replay", "--env", "alfworld", "--games", ".", "--task-types", "7"], "--task-types must be in 1-6"),
+        (["replay", "--environment", "scienceworld", "--games", "."], "--games is for alfworld"),
+        (["replay", "--environment", "alfworld", "--games", "/no/such/dir"], "no such directory"),
         (
-            ["replay", "--env", "alfworld", "--games", ".", "--task-names", "boil"],
-            "--task-names is for scienceworld",
+            ["replay", "--environment", "alfworld", "--games", ".", "--max_tasks", "0"],
+            "--max_tasks must be >= 1",
         ),
-        (["replay", "--env", "alfworld", "--games", ".", "--template", "nope"], "neither a built-in"),
-        (["expert", "--env", "alfworld", "--games", ".", "--out", "."], "is a directory"),
-        (["generate-alfworld", "--out", "x", "--num", "0"], "--num must be >= 1"),
         (
-            ["generate-alfworld", "--out", "x", "--num", "1", "--task-types", "0"],
-            "--task-types must be in 1-6",
+            ["replay", "--environment", "alfworld", "--games", ".", "--max_episode_steps", "0"],
+            "--max_episode_steps must be >= 1",
         ),
-        (["generate-alfworld", "--out", "x", "--num", "1", "--seed", "-1"], "--seed must be >= 0"),
+        (
+            ["replay", "--environment", "alfworld", "--games", ".", "--task_types", "7"],
+            "--task_types must be in 1-6",
+        ),
+        (
+            ["replay", "--environment", "alfworld", "--games", ".", "--scienceworld_tasks", "boil"],
+            "--scienceworld_tasks is for scienceworld",
+        ),
+        (
+            ["replay", "--environment", "alfworld", "--games", ".", "--prompt_template", "nope"],
+            "neither a built-in",
+        ),
+        (
+            ["replay", "--environment", "scienceworld", "--split", "L0", "--jvm_heap", "abc"],
+            "--jvm_heap 'abc' must look like 512m or 2g",
+        ),
+        (["replay", "--games", "."], "--environment is required"),
+        (["replay", "--environment", "alfworld"], "one of --games DIR or --split"),
+        (["expert", "--environment", "alfworld", "--games", ".", "--output", "."], "is a directory"),
+        (["expert", "--environment", "alfworld", "--games", "."], "--output is required"),
+        (["generate-alfworld", "--data_dir", "x", "--generate_games", "0"], "--generate_games must be >= 1"),
+        (
+            ["generate-alfworld", "--data_dir", "x", "--generate_games", "1", "--task_types", "0"],
+            "--task_types must be in 1-6",
+        ),
+        (
+            ["generate-alfworld", "--data_dir", "x", "--generate_games", "1", "--generate_seed", "-1"],
+            "--generate_seed must be >= 0",
+        ),
+        (["generate-alfworld", "--generate_games", "1"], "--data_dir is required"),
+        # the old dashed spellings still work (hidden from -h)
+        (["replay", "--env", "alfworld", "--games", ".", "--limit", "0"], "--max_tasks must be >= 1"),
+        (
+            ["replay", "--env", "alfworld", "--games", ".", "--max-steps", "0"],
+            "--max_episode_steps must be >= 1",
+        ),
+        (["generate-alfworld", "--out", "x", "--num", "1", "--seed", "-1"], "--generate_seed must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_before_any_env(args, message, capsys):
@@ -93,13 +123,24 @@ def test_bad_template_file_is_named(tmp_path, capsys):
     bad = tmp_path / "agent.txt"
     bad.write_text("{task_description} {current_observation} {admissible_actions} {oops}")
     with pytest.raises(SystemExit):
-        main(["env", "replay", "--env", "alfworld", "--games", str(tmp_path), "--template", str(bad)])
+        main(
+            [
+                "env",
+                "replay",
+                "--environment",
+                "alfworld",
+                "--games",
+                str(tmp_path),
+                "--prompt_template",
+                str(bad),
+            ]
+        )
     err = capsys.readouterr().err
     assert "agent.txt" in err and "{oops}" in err
 
 
 def test_cli_bad_args_exit_code_via_subprocess():
-    proc = cli("replay", "--env", "scienceworld", "--split", "L9", check=False)
+    proc = cli("replay", "--environment", "scienceworld", "--split", "L9", check=False)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
@@ -107,9 +148,10 @@ def test_cli_bad_args_exit_code_via_subprocess():
 def test_alfworld_expert_jsonl_and_replay(short_games, tmp_path):
     out = tmp_path / "expert.jsonl"
     summary = json.loads(
-        cli("expert", "--env", "alfworld", "--games", str(short_games), "--out", str(out)).stdout
+        cli("expert", "--environment", "alfworld", "--games", str(short_games), "--output", str(out)).stdout
     )
     assert summary["episodes"] == 2 and summary["success"] == 1.0 and summary["num_faults"] == 0
+    assert summary["failed"] == [] and not (tmp_path / "expert.jsonl.partial").exists()
     assert set(summary["by_type"]) == {"look_at_obj_in_light", "pick_and_place_simple"}
 
     ds = load_jsonl(out)
@@ -128,7 +170,14 @@ def test_alfworld_expert_jsonl_and_replay(short_games, tmp_path):
 
     replay = json.loads(
         cli(
-            "replay", "--env", "alfworld", "--games", str(short_games), "--meta-reasoning", "--limit", "1"
+            "replay",
+            "--environment",
+            "alfworld",
+            "--games",
+            str(short_games),
+            "--meta_reasoning",
+            "--max_tasks",
+            "1",
         ).stdout
     )
     assert replay["episodes"] == 1 and replay["success"] == 1.0
@@ -137,13 +186,25 @@ def test_alfworld_expert_jsonl_and_replay(short_games, tmp_path):
 
 def test_generated_games_replay(tmp_path):
     games = tmp_path / "gen"
-    gen = json.loads(
-        cli("generate-alfworld", "--out", str(games), "--num", "1", "--seed", "3", "--task-types", "2").stdout
+    gen = cli(
+        "generate-alfworld",
+        "--data_dir",
+        str(games),
+        "--generate_games",
+        "1",
+        "--generate_seed",
+        "3",
+        "--task_types",
+        "2",
     )
-    assert gen["games"] == 1 and gen["task_types"] == [2]
-    summary = json.loads(cli("replay", "--env", "alfworld", "--games", str(games)).stdout)
+    summary = json.loads(gen.stdout)
+    assert summary["games"] == summary["generated"] == summary["total_games"] == 1
+    assert summary["task_types"] == [2]
+    assert "games:" in gen.stderr  # the progress bar
+    summary = json.loads(cli("replay", "--environment", "alfworld", "--games", str(games)).stdout)
     assert summary["episodes"] == 1 and summary["success"] == 1.0
     assert summary["by_type"] == {"look_at_obj_in_light": {"episodes": 1, "success": 1.0}}
+    assert summary["failed"] == []
 
 
 def test_expert_in_process_rlvmr_records(short_games, tmp_path):
@@ -180,15 +241,15 @@ def test_scienceworld_gold_path_expert_and_replay(tmp_path):
     summary = json.loads(
         cli(
             "expert",
-            "--env",
+            "--environment",
             "scienceworld",
             "--split",
             "L0",
-            "--task-names",
+            "--scienceworld_tasks",
             SHORT_SCIENCEWORLD_TASK,
-            "--limit",
+            "--max_tasks",
             "1",
-            "--out",
+            "--output",
             str(out),
         ).stdout
     )
@@ -203,15 +264,15 @@ def test_scienceworld_gold_path_expert_and_replay(tmp_path):
     replay = json.loads(
         cli(
             "replay",
-            "--env",
+            "--environment",
             "scienceworld",
             "--split",
             "L0",
-            "--task-names",
+            "--scienceworld_tasks",
             SHORT_SCIENCEWORLD_TASK,
-            "--limit",
+            "--max_tasks",
             "1",
-            "--meta-reasoning",
+            "--meta_reasoning",
         ).stdout
     )
     assert replay["episodes"] == 1 and replay["success"] == 1.0
@@ -226,13 +287,13 @@ def test_scienceworld_unknown_task_name_is_named(capsys):
             [
                 "env",
                 "replay",
-                "--env",
+                "--environment",
                 "scienceworld",
                 "--split",
                 "L2",
                 "--part",
                 "test",
-                "--task-names",
+                "--scienceworld_tasks",
                 "boil",
             ]
         )

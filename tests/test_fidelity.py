@@ -96,7 +96,7 @@ def test_trainer_cli_and_rollout_records_agree(tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(
-        ["advantages", "--estimator", "gigpo", "--input", str(src), "--output", str(out)]
+        ["advantages", "--advantage_estimator", "gigpo", "--input", str(src), "--output", str(out)]
     )
     assert args.func(args) == 0
     got = [json.loads(line)["advantage"] for line in out.read_text().splitlines()]

@@ -215,7 +215,7 @@ def test_build_is_deterministic_and_cli_matches(model_dir, tmp_path, capsys):
     from gcd_trl.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["tiny-model", "--out", str(tmp_path / "cli"), "--seed", "0"])
+        main(["tiny-model", "--output_dir", str(tmp_path / "cli"), "--seed", "0"])
     assert exc.value.code == 0
     assert "parameters" in capsys.readouterr().out
     expected = _hashes(model_dir)

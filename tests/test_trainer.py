@@ -78,7 +78,9 @@ def alfworld_pool():
     pool.close()
 
 
-def make_trainer(model_dir, out_dir, tasks, pool, environment="alfworld", meta_reasoning=None, **overrides):
+def make_trainer(
+    model_dir, out_dir, tasks, pool, environment="alfworld", meta_reasoning=None, eval_tasks=None, **overrides
+):
     from datasets import Dataset
 
     from gcd_trl.config import AgentGRPOConfig, EnvArguments
@@ -111,7 +113,12 @@ def make_trainer(model_dir, out_dir, tasks, pool, environment="alfworld", meta_r
         meta_reasoning=meta_reasoning,
     )
     return AgentGRPOTrainer(
-        str(model_dir), args=args, train_dataset=Dataset.from_list(tasks), env_args=env_args, env_pool=pool
+        str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(tasks),
+        env_args=env_args,
+        env_pool=pool,
+        eval_dataset=Dataset.from_list(eval_tasks) if eval_tasks else None,
     )
 
 
@@ -541,3 +548,28 @@ def test_max_rounds_stops_after_the_last_rounds_optimizer_steps(
     ]
     assert len(per_round) == 2 and trainer.task_sampler.round == 2
     assert trainer.state.global_step == sum(per_round)
+
+
+def test_evaluate_hook_plays_the_held_out_tasks_greedily(
+    tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path
+):
+    """eval_strategy=steps runs gcd_trl.eval on the held-out tasks through the trainer's own (greedy)
+    generation, in the training pool, and logs eval/success_rate; greedy means two calls agree."""
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        alfworld_tasks[:2],
+        alfworld_pool,
+        tasks_per_round=1,
+        max_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_tasks=alfworld_tasks[2:],
+    )
+    trainer.train()
+    rows = [h for h in trainer.state.log_history if "eval/success_rate" in h]
+    assert len(rows) == 1 and rows[0]["eval/episodes"] == 1
+    assert 0 <= rows[0]["eval/success_rate"] <= 1 and rows[0]["eval/mean_steps"] >= 1
+    a, b = trainer.evaluate(), trainer.evaluate()
+    assert a["eval/mean_steps"] == b["eval/mean_steps"] and a["eval/invalid_rate"] == b["eval/invalid_rate"]
+    assert trainer.generation_config.do_sample  # sampling is back for training

@@ -24,7 +24,8 @@ from typing import Any
 
 from trl import GRPOConfig, ModelConfig, TrlParser
 
-ESTIMATORS = ("grpo", "gigpo", "rlvmr")
+from gcd_trl.advantages.common import ESTIMATORS, GRPO_FAMILY  # one source of the estimator names
+
 GRPO_LEVELS = ("steps", "trajectories")
 STEP_NORMS = ("mean_std", "mean")
 GIGPO_STEP_REWARDS = ("success", "dense")
@@ -126,12 +127,33 @@ class EnvArguments:
     suggestions: str = field(default="", metadata={"help": "Guidelines injected as {suggestions}."})
     generate_games: int = field(
         default=0,
-        metadata={"help": "ALFWorld: generate this many offline games into data_dir if it has none."},
+        metadata={
+            "help": "ALFWorld: generate this many offline games into data_dir (once; a folder holding exactly "
+            "these games is used as it is, one holding other games is refused)."
+        },
     )
     generate_seed: int = field(default=0, metadata={"help": "Seed for generated games."})
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out tasks for the trainer's eval_steps hook: L0 | L1 | L2 | all (with eval_data_dir). "
+            "None: no evaluation during training."
+        },
+    )
+    eval_part: str = field(default="test", metadata={"help": "train | test part of eval_split."})
+    eval_data_dir: str | None = field(
+        default=None, metadata={"help": "ALFWorld games of the eval split. Default: data_dir."}
+    )
+    eval_max_tasks: int | None = field(
+        default=None, metadata={"help": "Keep only the first N eval tasks (round-robin over task kinds)."}
+    )
 
     def __post_init__(self) -> None:
         _choice("environment", self.environment, ("alfworld", "scienceworld"))
+        if self.eval_split is not None:
+            _choice("eval_split", self.eval_split, SPLITS)
+        _choice("eval_part", self.eval_part, PARTS)
+        _at_least("eval_max_tasks", self.eval_max_tasks, 1)
         _choice("split", self.split, SPLITS)
         _choice("part", self.part, PARTS)
         _choice("alfworld_expert", self.alfworld_expert, ("handcoded", "planner"))
@@ -349,7 +371,9 @@ class AgentGRPOConfig(GRPOConfig):
     max_tokens_per_microbatch: int = field(
         default=8192, metadata={"help": "Token budget (padded prompt+completion) of one forward/backward."}
     )
-    advantage_estimator: str = field(default="grpo", metadata={"help": "grpo | gigpo | rlvmr"})
+    advantage_estimator: str = field(
+        default="grpo", metadata={"help": "grpo | gigpo | rlvmr | gae (PPO with a critic, gcd_trl.ppo)"}
+    )
     grpo_level: str = field(
         default="steps", metadata={"help": "Episode normalisation over step samples or trajectories."}
     )
@@ -399,6 +423,54 @@ class AgentGRPOConfig(GRPOConfig):
         default=True,
         metadata={"help": "Write each round's step records and advantages to output_dir/rollouts/."},
     )
+    # ---- PPO with a critic (advantage_estimator: gae), the value-head classifier, NTHR: docs/baselines.md ----
+    gae_gamma: float = field(default=1.0, metadata={"help": "GAE discount over a step's tokens (verl: 1.0)."})
+    gae_lambda: float = field(default=1.0, metadata={"help": "GAE lambda over a step's tokens (verl: 1.0)."})
+    critic_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Critic initialisation (gae). Default: the actor's model."}
+    )
+    critic_learning_rate: float = field(
+        default=1e-5, metadata={"help": "Critic AdamW lr (verl-agent: 1e-5)."}
+    )
+    critic_weight_decay: float = field(default=0.01, metadata={"help": "Critic AdamW weight decay (verl)."})
+    critic_max_grad_norm: float | None = field(
+        default=None, metadata={"help": "Critic gradient clip. Default: max_grad_norm."}
+    )
+    cliprange_value: float = field(
+        default=0.5, metadata={"help": "Value clipping: |V_new - V_old| <= this in the value loss (verl)."}
+    )
+    critic_warmup_rounds: int = field(
+        default=0, metadata={"help": "Rounds that train the critic only (verl's trainer.critic_warmup)."}
+    )
+    value_head_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Value-head classifier (paper Table 3 / Fig. 10b): L += coef x BCE of a scalar head on the "
+            "actor's hidden state against the GCD step labels. 0: off."
+        },
+    )
+    value_head_learning_rate: float = field(default=1e-5, metadata={"help": "The value head's AdamW lr."})
+    value_head_class_balance: bool = field(
+        default=True, metadata={"help": "Weigh good and bad steps equally in the value-head BCE."}
+    )
+    value_head_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Initial value head (a value SFT output folder or its value_head.safetensors). Default: "
+            "the model folder's, if it has one, else a fresh head."
+        },
+    )
+    nthr: bool = field(
+        default=False,
+        metadata={"help": "GRPO_nthr (Deng et al. 2025a): damp negative tokens coupled to positive samples."},
+    )
+    nthr_beta: float = field(
+        default=1.0, metadata={"help": "NTHR threshold scale: tau = beta x min s+ (Eq. 8)."}
+    )
+    nthr_eta: str = field(
+        default="2|0.5-p|",
+        metadata={"help": "NTHR advantage scale of selected tokens: 2|0.5-p| (paper), 1-p, p, or a number."},
+    )
 
     def __post_init__(self) -> None:
         _choice("advantage_estimator", self.advantage_estimator, ESTIMATORS)
@@ -433,6 +505,7 @@ class AgentGRPOConfig(GRPOConfig):
         _at_least("entropy_coef", self.entropy_coef, 0.0)
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma={self.gamma!r} must lie in [0, 1]")
+        _check_ablation_fields(self)
         if self.similarity_threshold is not None and not 0.0 < self.similarity_threshold <= 1.0:
             raise ConfigError(f"similarity_threshold={self.similarity_threshold!r} must lie in (0, 1]")
         if self.num_generations is None or self.num_generations < 2:
@@ -470,6 +543,37 @@ class AgentGRPOConfig(GRPOConfig):
     @property
     def tasks_per_process(self) -> int:
         return self.tasks_per_round // self.world_size
+
+
+def _check_ablation_fields(c: AgentGRPOConfig) -> None:
+    """The PPO critic, value-head classifier and NTHR fields (gcd_trl.ppo, gcd_trl.token_trainer)."""
+    for key in ("gae_gamma", "gae_lambda"):
+        if not 0.0 <= getattr(c, key) <= 1.0:
+            raise ConfigError(f"{key}={getattr(c, key)!r} must lie in [0, 1]")
+    for key in ("critic_learning_rate", "cliprange_value", "value_head_learning_rate"):
+        if not getattr(c, key) > 0:
+            raise ConfigError(f"{key}={getattr(c, key)!r} must be > 0")
+    _at_least("critic_weight_decay", c.critic_weight_decay, 0.0)
+    _at_least("critic_max_grad_norm", c.critic_max_grad_norm, 0.0)
+    _at_least("critic_warmup_rounds", c.critic_warmup_rounds, 0)
+    _at_least("value_head_coef", c.value_head_coef, 0.0)
+    if c.advantage_estimator != "gae":
+        for key in ("critic_model_name_or_path",):
+            if getattr(c, key):
+                raise ConfigError(f"{key} applies to advantage_estimator=gae only")
+        if c.critic_warmup_rounds:
+            raise ConfigError("critic_warmup_rounds applies to advantage_estimator=gae only")
+    if c.nthr and c.advantage_estimator not in GRPO_FAMILY:
+        raise ConfigError(
+            f"nthr applies to the group-relative estimators {GRPO_FAMILY}, not "
+            f"advantage_estimator={c.advantage_estimator!r}"
+        )
+    from gcd_trl.advantages.nthr import parse_eta
+
+    try:
+        parse_eta(c.nthr_eta)
+    except ValueError as err:
+        raise ConfigError(f"nthr_eta: {err}") from None
 
 
 RL_DATACLASSES = (AgentGRPOConfig, EnvArguments, GCDArguments, ModelConfig)
@@ -516,6 +620,12 @@ def _type_ok(value: Any, tp: Any) -> bool | None:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp is float:
+        if isinstance(value, str):  # YAML reads `1e-4` as a string; TrlParser converts it with float()
+            try:
+                float(value)
+            except ValueError:
+                return False
+            return True
         return isinstance(value, int | float) and not isinstance(value, bool)
     if tp is str:
         return isinstance(value, str)
@@ -620,6 +730,9 @@ def check_combination(
         if not Path(env.prompt_template).is_file():
             raise ConfigError(f"prompt_template file not found: {env.prompt_template}")
     derive_max_steps(train, env)
+    strategy = str(getattr(train.eval_strategy, "value", train.eval_strategy))
+    if strategy != "no" and not env.eval_split:
+        raise ConfigError(f"eval_strategy={strategy!r} needs eval_split (the held-out tasks to evaluate on)")
     if train.use_vllm and train.use_cpu:
         raise ConfigError("use_vllm=true needs a GPU; it cannot be combined with use_cpu=true")
 

@@ -207,23 +207,31 @@ class HFGenerator:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         config = self.generation_config()
         self._calls += 1
-        if not self.sampling.greedy:
-            torch.manual_seed(self.sampling.seed + self._calls - 1)
         was_training, saved_config = model.training, model.generation_config
         model.eval()
         # the model's own generation_config would fill values left at global defaults (transformers<5)
         model.generation_config = config
-        try:
-            with torch.no_grad():
-                res = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-        finally:
-            model.generation_config = saved_config
-            model.train(was_training)
-        completions = res.sequences[:, width:].tolist()
+        # sampling is seeded per call without touching the caller's random state
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if not self.sampling.greedy:
+                torch.manual_seed(self.sampling.seed + self._calls - 1)
+            try:
+                with torch.no_grad():
+                    res = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            finally:
+                model.generation_config = saved_config
+                model.train(was_training)
+        new_ids = res.sequences[:, width:]
+        completions = new_ids.tolist()
         logps = None
-        if self.return_logprobs and res.scores:
-            scores = torch.stack(res.scores, dim=1).float().log_softmax(-1)
-            logps = scores.gather(-1, res.sequences[:, width:, None]).squeeze(-1).tolist()
+        if self.return_logprobs and res.scores:  # one step at a time: (batch, steps, vocab) can be huge
+            logps = torch.stack(
+                [
+                    step.float().log_softmax(-1).gather(-1, new_ids[:, t, None]).squeeze(-1)
+                    for t, step in enumerate(res.scores)
+                ],
+                dim=1,
+            ).tolist()
         eos = set(self.eos_token_ids)
         cut = [_cut_at_eos(c, eos) for c in completions]
         texts = self.tokenizer.batch_decode([c for c, _ in cut], skip_special_tokens=True)

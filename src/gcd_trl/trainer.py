@@ -21,6 +21,7 @@ How it maps onto TRL / transformers hooks:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -161,6 +162,30 @@ class TrainerGenerator:
                 config.max_new_tokens = saved
                 t.generation_kwargs["max_new_tokens"] = saved
 
+    @contextlib.contextmanager
+    def greedy(self):
+        """Greedy decoding inside the block (evaluation), for the HF and the vLLM backends."""
+        t = self.trainer
+        vllm = getattr(t, "vllm_generation", None) if t.use_vllm else None
+        config = getattr(t, "generation_config", None)
+        saved = (
+            vllm.temperature if vllm is not None else None,
+            config.do_sample if config is not None else None,
+        )
+        try:
+            if vllm is not None:
+                vllm.temperature = 0.0
+            if config is not None:
+                config.do_sample = False
+                t.generation_kwargs["do_sample"] = False
+            yield
+        finally:
+            if vllm is not None:
+                vllm.temperature = saved[0]
+            if config is not None:
+                config.do_sample = saved[1]
+                t.generation_kwargs["do_sample"] = saved[1]
+
     def generate(self, prompts: list[str]) -> list[Generation]:
         t = self.trainer
         n = len(prompts)
@@ -205,6 +230,15 @@ class AgentGRPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "gcd-trl", "agent"]
     _name = "AgentGRPO"
+    # the model card credits the paper this project implements (TRL's GRPOTrainer names DeepSeekMath)
+    _paper = {
+        "title": "Rethinking Reward Miscalibration of GRPO in Agentic RL",
+        "citation": "@misc{liu_gcd,\n"
+        "    title  = {{Rethinking Reward Miscalibration of GRPO in Agentic RL}},\n"
+        "    author = {Jingyu Liu and Xiaopeng Wu and Jingquan Peng and Kehan Chen and Chuan Yu and "
+        "Lizhong Ding and Yong Liu},\n"
+        "}",
+    }
 
     def __init__(
         self,
@@ -219,6 +253,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         peft_config=None,
         gcd_args=None,
         quantization_config=None,
+        eval_dataset=None,
     ) -> None:
         if args.gradient_accumulation_steps != 1:
             raise ValueError(
@@ -249,6 +284,8 @@ class AgentGRPOTrainer(GRPOTrainer):
                 f"but environment={env_args.environment!r}"
             )
         self.env_args, self.gcd_args = env_args, gcd_args
+        # held-out tasks for the `eval_steps` hook (gcd_trl.eval, greedy, every task once)
+        self.eval_tasks = [Task.from_dict(dict(r)) for r in eval_dataset] if eval_dataset is not None else []
         derive_max_steps(args, env_args)
         # built (and validated) before the model loads; reused every round
         self.advantage_config = AdvantageConfig.from_args(args)  # incl. success_reward, gigpo_step_reward
@@ -257,6 +294,7 @@ class AgentGRPOTrainer(GRPOTrainer):
             reward_funcs=[_env_reward],
             args=args,
             train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
@@ -392,6 +430,8 @@ class AgentGRPOTrainer(GRPOTrainer):
         # gcd_coef = 0: the judge still answers (its metrics are logged) but is not trained
         rnd = self._make_round(samples + judge if self._gcd_coef > 0 else samples, index)
         self._log_round(rollout, samples, rnd, time.perf_counter() - t_round)
+        if self.log_completions:
+            self._log_completion_rows(samples, index)
         if self.args.save_rollouts:
             self._write_rollout(index, samples, judge)
         return rnd
@@ -790,6 +830,9 @@ class AgentGRPOTrainer(GRPOTrainer):
                             if self._entropy_coef and update.entropy_scales[k]:
                                 summed = (self._last_entropies * mb["completion_mask"]).sum()
                                 loss = loss - self._entropy_coef * update.entropy_scales[k] * summed
+                            aux = self._auxiliary_loss(model, mb)
+                            if aux is not None:
+                                loss = loss + aux
                         self.accelerator.backward(loss, **kwargs)
                     total += loss.detach()
         finally:
@@ -797,6 +840,11 @@ class AgentGRPOTrainer(GRPOTrainer):
             if deepspeed:
                 self.accelerator.gradient_state._set_sync_gradients(True)
         return total
+
+    def _auxiliary_loss(self, model, mb: dict[str, Any]) -> torch.Tensor | None:
+        """Hook: an extra loss term of this micro-batch, from its loss forward (the value-head classifier of
+        gcd_trl.token_trainer), added after the loss scale. None: nothing to add."""
+        return None
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         """TRL's log-prob pass; keeps the entropies of the loss pass for our entropy bonus (see _accumulate)."""
@@ -829,6 +877,59 @@ class AgentGRPOTrainer(GRPOTrainer):
             yield
         finally:
             del acc.gather  # back to the class's method
+
+    # ------------------------------------------------------------------------------------------------
+    # Evaluation: the `evaluate` hook (eval_strategy / eval_steps) plays every held-out task once, greedily
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Success on the held-out tasks with the current weights, through `gcd_trl.eval` and this trainer's
+        generation backend (greedy), in the training env pool, sharded over processes. Logs and returns
+        `eval/success_rate`, `eval/mean_steps`, `eval/invalid_rate`, `eval/repeated_rate`, `eval/episodes`."""
+        from gcd_trl.eval import evaluate as play
+
+        tasks = (
+            [Task.from_dict(dict(r)) for r in eval_dataset] if eval_dataset is not None else self.eval_tasks
+        )
+        if not tasks:
+            raise ValueError(
+                "AgentGRPOTrainer.evaluate: no eval tasks (pass eval_dataset, or set eval_split)"
+            )
+        acc = self.accelerator
+        settings = dataclasses.replace(self.env_args, suggestions=self._suggestions())
+        t0 = time.perf_counter()
+        with self.generator.greedy():
+            report = play(
+                self._generate_turn,
+                tasks,
+                settings,
+                None,
+                pool=self.env_pool,
+                sync_max=self._sync_max if acc.num_processes > 1 else None,
+                shard=(acc.process_index, acc.num_processes),
+                progress=acc.is_main_process and not self.args.disable_tqdm,
+                meta_reasoning=bool(self.env_args.meta_reasoning),
+            )
+        keys = ("episodes", "success", "steps", "invalid", "repeated")
+        totals = torch.tensor(
+            [float(report["local"][k]) for k in keys], dtype=torch.float64, device=acc.device
+        )
+        if acc.num_processes > 1:
+            totals = acc.reduce(totals, reduction="sum")
+        n, wins, steps, invalid, repeated = totals.tolist()
+        p = metric_key_prefix
+        metrics = {
+            f"{p}/episodes": n,
+            f"{p}/success_rate": wins / max(n, 1),
+            f"{p}/mean_steps": steps / max(n, 1),
+            f"{p}/invalid_rate": invalid / max(steps, 1),
+            f"{p}/repeated_rate": repeated / max(steps, 1),
+            f"{p}/time": time.perf_counter() - t0,
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     # ------------------------------------------------------------------------------------------------
     # Metrics
@@ -906,6 +1007,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         m["time/env"].append(rollout.time_env)
         m["time/logps"].append(rnd.time_logps)
         m["time/round_build"].append(t_round)
+        self._tally_round(eps, n_ep, wins, length, invalid, n)
         self.state.num_input_tokens_seen += int(tokens)
         m["num_tokens"] = [self.state.num_input_tokens_seen]
 
@@ -965,6 +1067,150 @@ class AgentGRPOTrainer(GRPOTrainer):
                 self.judge_task.load_state_dict(json.load(f))
             if self._collector is not None:
                 self._collector.suggestions = self._suggestions()
+
+    # ------------------------------------------------------------------------------------------------
+    # What a user reads: sampled steps (log_completions), success per task type, the end-of-run summary
+
+    def _log_completion_rows(self, samples: list[StepSample], index: int) -> None:
+        """TRL's completions table (console, wandb/trackio, output_dir/completions/*.parquet) for agent steps:
+        a seeded sample of each process's steps (as many as TRL logs per generation batch), gathered."""
+        import random
+
+        from accelerate.utils import gather_object
+
+        k = self.task_sampler.tasks_per_round // self.accelerator.num_processes * self.num_generations
+        rng = random.Random(f"{self.args.seed}:{index}:{self.accelerator.process_index}")
+        picked = sorted(rng.sample(range(len(samples)), min(k, len(samples))))
+        won = {(s.record.group, s.record.traj) for s in samples if s.record.won}
+        rows = [
+            (
+                s.record.prompt,
+                s.record.completion,
+                float(s.record.env_reward),
+                float((s.record.group, s.record.traj) in won),
+                s.advantage,
+                "valid" if s.record.valid else f"invalid: {s.record.reason}",
+                s.record.action or "",
+            )
+            for s in (samples[i] for i in picked)
+        ]
+        if self.accelerator.num_processes > 1:
+            rows = gather_object(rows)
+        logs = self._logs
+        for prompt, completion, env_reward, episode_won, advantage, validity, action in rows:
+            logs["prompt"].append(prompt)
+            logs["completion"].append(completion)
+            logs["rewards"]["env_reward"].append(env_reward)
+            logs["rewards"]["episode_won"].append(episode_won)
+            logs["advantages"].append(advantage)
+            logs["extra"]["validity"].append(validity)
+            logs["extra"]["action"].append(action)
+
+    def _type_name(self, task: Task) -> str:
+        if task.env == "alfworld":
+            from gcd_trl.envs.alfworld import TASK_TYPES
+
+            return TASK_TYPES.get(task.task_type or 0, str(task.task_type))
+        return str(task.task_name)
+
+    def _tally_round(self, eps, n_ep: float, wins: float, length: float, invalid: float, n: float) -> None:
+        """`rollout/success_rate/<task type>` for this round (all processes), and the run's running totals
+        for `summary.json`. The type keys come from the full task list, the same on every process."""
+        if not hasattr(self, "_run_totals"):
+            self._type_of = {t.key: self._type_name(t) for t in self.tasks}
+            self._type_keys = sorted(set(self._type_of.values()))
+            self._run_totals = {"rounds": 0, "episodes": 0.0, "wins": 0.0, "steps": 0.0, "invalid": 0.0}
+            self._run_totals.update(samples=0.0, by_type={k: [0.0, 0.0] for k in self._type_keys})
+            self._round_success: list[float] = []
+        counts = torch.zeros(2 * len(self._type_keys), dtype=torch.float64, device=self.accelerator.device)
+        slot = {k: i for i, k in enumerate(self._type_keys)}
+        for e in eps:
+            i = slot.get(self._type_of.get(e.task, ""))
+            if i is not None:
+                counts[2 * i] += 1
+                counts[2 * i + 1] += float(e.won)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        totals = self._run_totals
+        for key, (episodes, won) in zip(self._type_keys, counts.view(-1, 2).tolist()):
+            if episodes:
+                self._metrics["train"][f"rollout/success_rate/{key}"].append(won / episodes)
+                totals["by_type"][key][0] += episodes
+                totals["by_type"][key][1] += won
+        totals["rounds"] += 1
+        totals["episodes"] += n_ep
+        totals["wins"] += wins
+        totals["steps"] += length
+        totals["invalid"] += invalid
+        totals["samples"] += n
+        self._round_success.append(wins / max(n_ep, 1))
+
+    def train(self, *args, **kwargs):
+        """TRL's train, then `output_dir/summary.json` and a short table of the run (main process)."""
+        output = super().train(*args, **kwargs)
+        self.write_run_summary(output)
+        return output
+
+    def write_run_summary(self, output=None) -> dict[str, Any] | None:
+        """What the run did, in numbers: success overall, in the first and last rounds and per task type,
+        invalid rate, episode length, optimizer steps, runtime. Written to `output_dir/summary.json`."""
+        totals = getattr(self, "_run_totals", None)
+        if totals is None or not self.is_world_process_zero():
+            return None
+        a, e = self.args, self.env_args
+        episodes = max(totals["episodes"], 1)
+        summary = {
+            "estimator": a.advantage_estimator,
+            "environment": e.environment,
+            "split": f"{e.split} ({e.part})",
+            "tasks": len(self.tasks),
+            "gcd": bool(self.gcd_args is not None and self.gcd_args.gcd),
+            "rounds_this_session": totals["rounds"],
+            "optimizer_steps": self.state.global_step,
+            "episodes": int(totals["episodes"]),
+            "success_rate": totals["wins"] / episodes,
+            "success_rate_first_round": self._round_success[0],
+            "success_rate_last_round": self._round_success[-1],
+            "success_rate_by_task_type": {
+                k: {"episodes": int(n), "success_rate": w / n} for k, (n, w) in totals["by_type"].items() if n
+            },
+            "mean_episode_length": totals["steps"] / episodes,
+            "invalid_rate": totals["invalid"] / max(totals["samples"], 1),
+            "train_runtime_s": round(
+                float((output.metrics if output is not None else {}).get("train_runtime", 0)), 1
+            ),
+            "train_loss": None if output is None else output.training_loss,
+            "output_dir": a.output_dir,
+        }
+        os.makedirs(a.output_dir, exist_ok=True)
+        _write_json_atomic(os.path.join(a.output_dir, "summary.json"), summary)
+        lines = [
+            f"gcd-trl: run summary ({os.path.join(a.output_dir, 'summary.json')})",
+            f"  {summary['estimator']} on {e.environment} {summary['split']}: {summary['rounds_this_session']} rounds, "
+            f"{summary['optimizer_steps']} optimizer steps, {summary['episodes']} episodes",
+            f"  success rate {summary['success_rate']:.3f} (first round {summary['success_rate_first_round']:.3f}, "
+            f"last round {summary['success_rate_last_round']:.3f}); invalid rate {summary['invalid_rate']:.3f}; "
+            f"mean episode length {summary['mean_episode_length']:.1f}",
+        ]
+        for key, v in summary["success_rate_by_task_type"].items():
+            lines.append(f"    {key:<34} {v['success_rate']:.3f}  ({v['episodes']} episodes)")
+        print("\n".join(lines), flush=True)
+        return summary
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Tied weights (lm_head = embed_tokens) are not saved, so a resumed checkpoint "misses" them; the
+        model re-ties them. Only other missing keys are worth a warning."""
+        model = self.accelerator.unwrap_model(self.model)
+        tied = set(
+            getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or ()
+        )
+        missing = [
+            k for k in load_result.missing_keys if not any(k == t or k.endswith("." + t) for t in tied)
+        ]
+        if len(missing) != len(load_result.missing_keys) and hasattr(load_result, "_replace"):
+            model.tie_weights()
+            load_result = load_result._replace(missing_keys=missing)
+        super()._issue_warnings_after_load(load_result)
 
     # ------------------------------------------------------------------------------------------------
     # Model card

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from gcd_trl.advantages import gigpo, grpo, rlvmr
+from gcd_trl.advantages import gae, gigpo, grpo, rlvmr
 from gcd_trl.advantages.common import (
     ESTIMATORS,
+    GRPO_FAMILY,
     GRPO_LEVELS,
     NORMS,
     STEP_REWARDS,
@@ -37,7 +38,7 @@ from gcd_trl.advantages.common import (
     records_to_batch,
 )
 
-_MODULES = {"grpo": grpo, "gigpo": gigpo, "rlvmr": rlvmr}
+_MODULES = {"grpo": grpo, "gigpo": gigpo, "rlvmr": rlvmr, "gae": gae}
 
 
 def _as_batch(batch: StepBatch | Iterable[Mapping[str, Any]], config: AdvantageConfig) -> StepBatch:
@@ -81,6 +82,7 @@ def compute_advantages(
 
 __all__ = [
     "ESTIMATORS",
+    "GRPO_FAMILY",
     "GRPO_LEVELS",
     "NORMS",
     "STEP_REWARDS",

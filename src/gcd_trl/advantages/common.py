@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-ESTIMATORS = ("grpo", "gigpo", "rlvmr")
+ESTIMATORS = ("grpo", "gigpo", "rlvmr", "gae")  # gae: PPO with a critic (gcd_trl.ppo; gae.py)
+GRPO_FAMILY = ("grpo", "gigpo", "rlvmr")  # group-relative estimators (NTHR applies to these)
 NORMS = ("mean_std", "mean")
 GRPO_LEVELS = ("steps", "trajectories")
 STEP_REWARDS = (
@@ -30,7 +31,12 @@ NO_TAG = len(TAGS)
 EPSILON = 1e-6  # verl-agent / RLVMR: (x - mean) / (std + 1e-6)
 
 # Record fields each estimator needs, beyond the common ones (group, traj, step, episode reward, validity).
-NEEDS = {"grpo": (), "gigpo": ("anchor", "step_reward"), "rlvmr": ("tag", "action", "admissible")}
+NEEDS = {
+    "grpo": (),
+    "gigpo": ("anchor", "step_reward"),
+    "rlvmr": ("tag", "action", "admissible"),
+    "gae": (),
+}
 
 
 @dataclass(frozen=True)

@@ -1,73 +1,121 @@
-"""`gcd-trl advantages`: compute GRPO / GiGPO / RLVMR advantages for a JSONL file of step records."""
+"""`gcd-trl advantages`: compute GRPO / GiGPO / RLVMR advantages for a JSONL file of step records.
+
+The flags are the run config's keys (`--advantage_estimator`, `--gamma`, `--step_adv_norm`, ...) with the
+run's defaults, so a rollout file from `gcd-trl rl` is re-scored to the advantages it holds. Settings and
+results must be finite numbers; the output is written atomically (a kill never leaves half a file).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, TextIO
+
+from gcd_trl.commands._common import CommandError, add_alias, check_output_file, finite_float
+
+STEP_RANGE = 2**31  # step indices are episode step counts; far larger ones overflow GiGPO's sort key
+REWARD_LIMIT = 1e150  # squares and sums of a group's rewards must stay finite (float64 ends near 1.8e308)
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "y", "1", "t"):
+        return True
+    if value in ("false", "no", "n", "0", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "advantages",
         help="Add advantages to step records (JSONL in, JSONL out).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Read one JSON object per step (group, traj, step, episode_reward or won, invalid or "
-        "valid; gigpo: anchor, and step_reward or env_reward with --step-reward dense; rlvmr: tag, "
+        "valid; gigpo: anchor, and step_reward or env_reward with --gigpo_step_reward dense; rlvmr: tag, "
         "raw_action or action, optionally admissible) and write the same records with `advantage`, "
-        "`episode_advantage` and `step_advantage` added. The defaults are a training run's (the "
-        "references'), so a rollout file from `gcd-trl rl` is re-scored to the advantages it holds.",
+        "`episode_advantage` and `step_advantage` added. Flags are the run config's keys with its "
+        "defaults (the references'), so a rollout file from `gcd-trl rl` is re-scored to the advantages "
+        "it holds.",
     )
     p.add_argument(
-        "--estimator", dest="advantage_estimator", required=True, choices=("grpo", "gigpo", "rlvmr")
+        "--advantage_estimator",
+        choices=("grpo", "gigpo", "rlvmr"),
+        default=None,
+        help="The estimator (required; the run config key advantage_estimator).",
     )
+    add_alias(p, "--estimator", dest="advantage_estimator", choices=("grpo", "gigpo", "rlvmr"))
     p.add_argument("--input", required=True, help="JSONL file of step records ('-' for stdin).")
-    p.add_argument("--output", default="-", help="Where to write the JSONL (default: stdout).")
-    p.add_argument("--gamma", type=float, default=0.95, help="Discount of GiGPO step returns.")
-    p.add_argument("--omega", type=float, default=1.0, help="Weight of the step-level advantage.")
     p.add_argument(
-        "--norm",
-        dest="step_adv_norm",
+        "--output",
+        default="-",
+        help="Where to write the JSONL ('-': stdout); its folder is created, the file written atomically.",
+    )
+    p.add_argument("--gamma", type=finite_float, default=0.95, help="Discount of GiGPO step returns.")
+    p.add_argument("--omega", type=finite_float, default=1.0, help="Weight of the step-level advantage.")
+    p.add_argument(
+        "--step_adv_norm",
         choices=("mean_std", "mean"),
         default="mean_std",
         help="(x-mean)/(std+1e-6) with the unbiased std, or x-mean.",
     )
+    add_alias(p, "--norm", dest="step_adv_norm", choices=("mean_std", "mean"))
     p.add_argument(
-        "--invalid-penalty", type=float, default=0.1, help="Subtracted from an invalid step's scores."
+        "--invalid_penalty",
+        type=finite_float,
+        default=0.1,
+        help="Subtracted from an invalid step's scores.",
     )
+    add_alias(p, "--invalid-penalty", dest="invalid_penalty", type=finite_float)
     p.add_argument(
-        "--similarity-threshold",
-        type=float,
+        "--similarity_threshold",
+        type=finite_float,
         default=None,
-        help="GiGPO: group anchors at least this similar (difflib ratio); default identical only.",
+        help="GiGPO: group anchors at least this similar (difflib ratio); None: identical only.",
     )
+    add_alias(p, "--similarity-threshold", dest="similarity_threshold", type=finite_float)
     p.add_argument(
-        "--success-reward",
-        type=float,
+        "--success_reward",
+        type=finite_float,
         default=10.0,
         help="Episode reward of a won trajectory, for records with `won` but no episode_reward "
         "(verl-agent and RLVMR: 10).",
     )
+    add_alias(p, "--success-reward", dest="success_reward", type=finite_float)
     p.add_argument(
-        "--step-reward",
-        dest="gigpo_step_reward",
+        "--gigpo_step_reward",
         choices=("success", "dense"),
         default="success",
         help="GiGPO step rewards for records without step_reward: the success reward on the last step "
         "(the references) or success_reward x env_reward (dense ScienceWorld score deltas).",
     )
+    add_alias(p, "--step-reward", dest="gigpo_step_reward", choices=("success", "dense"))
     p.add_argument(
-        "--reflection-at-first-step",
-        action=argparse.BooleanOptionalAction,
+        "--reflection_at_first_step",
+        type=_bool,
+        nargs="?",
+        const=True,
         default=True,
+        metavar="BOOL",
         help="RLVMR: pay <reflection> at a trajectory's first step (RLVMR's code does).",
     )
     p.add_argument(
-        "--grpo-level",
+        "--no_reflection_at_first_step",
+        dest="reflection_at_first_step",
+        action="store_false",
+        help="Same as --reflection_at_first_step false.",
+    )
+    add_alias(p, "--reflection-at-first-step", dest="reflection_at_first_step", action="store_true")
+    add_alias(p, "--no-reflection-at-first-step", dest="reflection_at_first_step", action="store_false")
+    p.add_argument(
+        "--grpo_level",
         choices=("steps", "trajectories"),
         default="steps",
         help="Episode statistics over step samples (verl-agent) or one value per trajectory.",
     )
+    add_alias(p, "--grpo-level", dest="grpo_level", choices=("steps", "trajectories"))
     p.set_defaults(func=run)
 
 
@@ -82,16 +130,66 @@ def _read_records(stream: TextIO, name: str) -> tuple[list[dict[str, Any]], list
             raise ValueError(f"{name}:{lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{name}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool) and not 0 <= step < STEP_RANGE:
+            raise ValueError(f"{name}:{lineno}: step {step} is out of range (0 <= step < 2**31)")
         records.append(record)
         lines.append(lineno)
     return records, lines
 
 
+def _check_magnitudes(batch: Any, lines: list[int], name: str) -> None:
+    """Rewards beyond +-1e150 overflow the group statistics (the std of 1e308 and -1e308 is inf, which
+    silently turns every advantage into 0): refuse them, naming the record."""
+    import numpy as np
+
+    for label, values in (("episode_reward", batch.episode_reward), ("step_reward", batch.step_reward)):
+        big = np.flatnonzero(np.abs(np.asarray(values, dtype=np.float64)) > REWARD_LIMIT)
+        if len(big):
+            i = int(big[0])
+            raise ValueError(
+                f"{name}:{lines[i]}: {label} {float(values[i]):.3g} is too large to normalise "
+                f"(|reward| must be <= {REWARD_LIMIT:.0e}); rescale the rewards"
+            )
+
+
+def _check_finite(terms: Any, records: list[dict[str, Any]], lines: list[int], name: str) -> None:
+    """Huge rewards overflow the group statistics (e.g. 1e308 squared): refuse rather than write NaN."""
+    import numpy as np
+
+    for label, values in (("advantage", terms.total), ("episode_advantage", terms.episode)):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)))
+        if len(bad):
+            i = int(bad[0])
+            rewards = [
+                abs(r["episode_reward"]) for r in records if isinstance(r.get("episode_reward"), int | float)
+            ]
+            biggest = f" (largest |episode_reward|: {max(rewards):.3g})" if rewards else ""
+            raise ValueError(
+                f"{name}:{lines[i]}: the {label} is not a finite number: the rewards are too large to "
+                f"normalise{biggest}; rescale them"
+            )
+    bad = np.flatnonzero(~np.isfinite(np.asarray(terms.step, dtype=np.float64)))
+    if len(bad):
+        raise ValueError(
+            f"{name}:{lines[int(bad[0])]}: the step_advantage is not a finite number; rescale the rewards"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from gcd_trl.advantages import AdvantageConfig, RecordError, compute_advantage_terms, records_to_batch
+    from gcd_trl.rollout.records import RecordFileError, write_jsonl_atomic
 
     name = "<stdin>" if args.input == "-" else args.input
     try:
+        if args.output != "-":
+            check_output_file(args.output)
+        if args.input != "-" and Path(args.input).is_dir():
+            raise ValueError(f"--input {args.input}: is a directory; give a JSONL file (or '-')")
+        if args.advantage_estimator is None:
+            raise ValueError("--advantage_estimator is required (grpo, gigpo or rlvmr)")
         config = AdvantageConfig.from_args(args)  # the same field names as the run config
         if args.input == "-":
             records, lines = _read_records(sys.stdin, name)
@@ -100,23 +198,29 @@ def run(args: argparse.Namespace) -> int:
                 records, lines = _read_records(f, name)
         try:
             batch = records_to_batch(records, config=config)
-            terms = compute_advantage_terms(batch, config)
+            _check_magnitudes(batch, lines, name)
+            with np.errstate(all="ignore"):
+                terms = compute_advantage_terms(batch, config)
         except RecordError as err:
             raise ValueError(f"{name}:{lines[err.index]}: {err.problem}") from None
-    except (OSError, ValueError) as err:
-        print(f"gcd-trl advantages: error: {err}", file=sys.stderr)
-        return 2
-
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
+        except OverflowError as err:
+            raise ValueError(f"{name}: a number is too large ({err})") from None
+        _check_finite(terms, records, lines, name)
         for record, total, ep, step in zip(
             records, terms.total.tolist(), terms.episode.tolist(), terms.step.tolist()
         ):
             record.update(advantage=total, episode_advantage=ep, step_advantage=step)
-            out.write(json.dumps(record) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        if args.output == "-":
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+            sys.stdout.write(text)
+        else:
+            write_jsonl_atomic(args.output, records)
+    except (OSError, ValueError, CommandError, RecordFileError) as err:
+        message = str(err)
+        if "Out of range float values" in message:
+            message = "a record holds NaN or Infinity, which is not valid JSON; nothing was written"
+        print(f"gcd-trl advantages: error: {message}", file=sys.stderr)
+        return 2
     if args.output != "-":
         print(f"wrote {len(records)} records to {args.output}", file=sys.stderr)
     return 0

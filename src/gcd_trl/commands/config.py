@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 # What verl-agent's / RLVMR's example scripts and configs use (docs/fidelity.md gives file and line):
@@ -48,7 +49,12 @@ ESTIMATOR_ONLY = {
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="Validate run configs.")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = csub.add_parser("check", help="Validate FILE and print the resolved values.")
+    check = csub.add_parser(
+        "check",
+        help="Validate FILE and print the resolved values.",
+        description="Validate a run config (unknown keys, types, combinations: the checks `gcd-trl rl` makes "
+        "before loading anything) and print the values the run will use, then its `fidelity` block.",
+    )
     check.add_argument("file", help="A run config (YAML), e.g. configs/rl/tiny_alfworld_grpo.yaml")
     check.add_argument(
         "--all", action="store_true", help="Print every trainer field, not just the main ones."
@@ -59,9 +65,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=run_check)
 
 
+def read_config_file(path: str) -> dict[str, Any]:
+    """The YAML mapping in `path`, read before anything heavy is imported (a missing or broken file is
+    reported in well under a second; the dataclass checks need TRL, and so torch)."""
+    import yaml
+
+    from gcd_trl.commands._common import CommandError
+
+    file = Path(path)
+    if not file.is_file():
+        raise CommandError(
+            f"config file not found: {path}" + (" (it is a directory)" if file.is_dir() else "")
+        )
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CommandError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise CommandError(f"{path}: must hold a mapping of key: value, not {type(data).__name__}")
+    return data or {}
+
+
 def run_check(args: argparse.Namespace) -> int:
     import yaml
 
+    from gcd_trl.commands._common import CommandError
+
+    try:
+        read_config_file(args.file)
+    except CommandError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     from gcd_trl.config import ConfigError, check_yaml, parse_rl_config, resolved_dict
 
     overrides = list(args.overrides)

@@ -1,25 +1,33 @@
 """`gcd-trl env ...`: generate ALFWorld games, write expert demonstrations, replay the expert.
 
-    gcd-trl env generate-alfworld --out DIR --num N [--seed S] [--task-types 1 2 ...]
-    gcd-trl env expert --env alfworld --games DIR [--limit N] --out FILE.jsonl
-    gcd-trl env expert --env scienceworld --split L0 [--part train|test] [--limit N] --out FILE.jsonl
-    gcd-trl env replay --env alfworld --games DIR [--limit N]
-    gcd-trl env replay --env scienceworld --split L2 --part test [--limit N]
+    gcd-trl env generate-alfworld --data_dir DIR --generate_games N [--generate_seed S] [--task_types 1 2 ...]
+    gcd-trl env expert --environment alfworld --games DIR [--max_tasks N] --output FILE.jsonl
+    gcd-trl env expert --environment scienceworld --split L0 [--part train|test] --output FILE.jsonl
+    gcd-trl env replay --environment alfworld --games DIR [--max_tasks N]
+    gcd-trl env replay --environment scienceworld --split L2 --part test [--max_tasks N]
 
-Arguments are checked before any env starts. `--limit N` takes tasks round-robin across task types
-(ALFWorld) or task names (ScienceWorld), in split order, so a small limit still covers every type.
-Summaries are printed as JSON on stdout.
+Flags are the run config's keys (`--max_episode_steps`, `--history_length`, `--jvm_heap`, ...: the same
+meaning everywhere; the old dashed spellings still work). Arguments and game files are checked before any
+env starts. `--max_tasks N` takes tasks round-robin across task types (ALFWorld) or task names
+(ScienceWorld), in split order, so a small limit still covers every type. Progress goes to stderr, the
+JSON summary to stdout; the exit code is 1 when no episode ran cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from gcd_trl.commands._common import add_alias
+
 LEVELS = ("L0", "L1", "L2")
+JVM_HEAP = re.compile(r"^\d+[kmgKMG]$")  # as EnvArguments checks jvm_heap
 
 
 class ArgError(ValueError):
@@ -30,24 +38,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("env", help="Generate ALFWorld games, write expert data, replay the expert.")
     esub = p.add_subparsers(dest="env_command", required=True, metavar="ACTION")
 
-    gen = esub.add_parser("generate-alfworld", help="Write solvable ALFWorld games (json_2.1.1 layout).")
-    gen.add_argument("--out", required=True, help="Output directory.")
-    gen.add_argument("--num", type=int, required=True, help="Number of games.")
-    gen.add_argument("--seed", type=int, default=0)
+    gen = esub.add_parser(
+        "generate-alfworld",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="Write solvable ALFWorld games (json_2.1.1 layout).",
+        description="Write planner-checked ALFWorld games, offline. A folder that already holds exactly "
+        "these games is left as it is; one holding other games is refused unless --add.",
+    )
+    gen.add_argument("--data_dir", help="Output folder (the run config's data_dir). Required.")
+    add_alias(gen, "--out", dest="data_dir")
+    gen.add_argument("--generate_games", type=int, help="Number of games (the run config key). Required.")
+    add_alias(gen, "--num", dest="generate_games", type=int)
+    gen.add_argument("--generate_seed", type=int, default=0, help="Seed of the games.")
+    add_alias(gen, "--seed", dest="generate_seed", type=int)
     gen.add_argument(
         "--grammar",
         choices=("dataset", "wheel"),
         default="dataset",
         help="Command wording: 'dataset' as ALFWorld's released games ('put X in/on Y'), "
-        "'wheel' as alfworld 0.4.2's own grammar ('move X to Y'). Default dataset.",
+        "'wheel' as alfworld 0.4.2's own grammar ('move X to Y').",
     )
     gen.add_argument(
-        "--task-types",
+        "--task_types",
         type=int,
         nargs="+",
         default=None,
         metavar="T",
-        help="ALFWorld task types 1-6 (default: all).",
+        help="ALFWorld task types 1-6; None: all.",
+    )
+    add_alias(gen, "--task-types", dest="task_types", type=int, nargs="+")
+    gen.add_argument(
+        "--add",
+        action="store_true",
+        help="Add these games to a folder that holds other games (without it: refused, naming what is there).",
     )
     gen.set_defaults(func=run_generate)
 
@@ -55,58 +78,81 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("expert", "Play the expert and write one JSONL record per step."),
         ("replay", "Play the expert and print a success summary."),
     ):
-        q = esub.add_parser(name, help=helptext)
-        q.add_argument("--env", required=True, choices=("alfworld", "scienceworld"))
-        src = q.add_mutually_exclusive_group(required=True)
+        q = esub.add_parser(
+            name, help=helptext, description=helptext, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        q.add_argument(
+            "--environment", choices=("alfworld", "scienceworld"), help="The environment. Required."
+        )
+        add_alias(q, "--env", dest="environment", choices=("alfworld", "scienceworld"))
+        src = q.add_mutually_exclusive_group()
         src.add_argument("--games", help="ALFWorld: a directory of games (searched recursively).")
         src.add_argument("--split", choices=LEVELS, help="A benchmark split level.")
+        q.add_argument("--part", choices=("train", "test"), default="train", help="Part of --split.")
         q.add_argument(
-            "--part", choices=("train", "test"), default="train", help="Part of --split (default train)."
-        )
-        q.add_argument(
-            "--data-dir",
+            "--data_dir",
             default=None,
-            help="ALFWorld --split: the folder holding json_2.1.1 (default $ALFWORLD_DATA).",
+            help="ALFWorld --split: the folder holding json_2.1.1; None: $ALFWORLD_DATA.",
         )
+        add_alias(q, "--data-dir", dest="data_dir")
         q.add_argument(
-            "--task-types",
+            "--task_types",
             type=int,
             nargs="+",
             default=None,
             metavar="T",
             help="ALFWorld: only these task types (1-6).",
         )
+        add_alias(q, "--task-types", dest="task_types", type=int, nargs="+")
         q.add_argument(
-            "--task-names",
+            "--scienceworld_tasks",
             nargs="+",
             default=None,
             metavar="NAME",
             help="ScienceWorld: only these task names (e.g. boil find-living-thing).",
         )
-        q.add_argument("--limit", type=int, default=None, help="At most N tasks (round-robin across types).")
+        add_alias(q, "--task-names", dest="scienceworld_tasks", nargs="+")
         q.add_argument(
-            "--max-steps",
+            "--max_tasks", type=int, default=None, help="At most N tasks (round-robin across types)."
+        )
+        add_alias(q, "--limit", dest="max_tasks", type=int)
+        q.add_argument(
+            "--max_episode_steps",
             type=int,
             default=None,
-            help="Step limit per episode (default: 50 alfworld, 100 scienceworld).",
+            help="Env steps per episode; None: 50 alfworld, 100 scienceworld (expert paths run longer "
+            "than the RL limit).",
         )
-        q.add_argument("--history-length", type=int, default=2, help="History pairs shown in the prompt.")
+        add_alias(q, "--max-steps", dest="max_episode_steps", type=int)
+        q.add_argument("--history_length", type=int, default=2, help="History pairs shown in the prompt.")
+        add_alias(q, "--history-length", dest="history_length", type=int)
         q.add_argument(
-            "--meta-reasoning", action="store_true", help="RLVMR format (meta tags, *_rlvmr template)."
+            "--meta_reasoning", action="store_true", help="RLVMR format (meta tags, *_rlvmr template)."
         )
+        add_alias(q, "--meta-reasoning", dest="meta_reasoning", action="store_true")
         q.add_argument(
-            "--template",
+            "--prompt_template",
             default=None,
-            help="Agent prompt template: a built-in name or a .txt file (default: by env).",
+            help="Agent prompt template: a built-in name or a .txt file; None: the env's.",
         )
-        q.add_argument("--alfworld-expert", choices=("handcoded", "planner"), default="handcoded")
-        q.add_argument("--jvm-heap", default="512m", help="ScienceWorld: JVM heap (-Xmx).")
+        add_alias(q, "--template", dest="prompt_template")
         q.add_argument(
-            "--simplifications", default="easy", help="ScienceWorld simplifications preset or list."
+            "--alfworld_expert",
+            choices=("handcoded", "planner"),
+            default="handcoded",
+            help="ALFWorld expert: alfworld's handcoded one, or its PDDL planner.",
+        )
+        add_alias(q, "--alfworld-expert", dest="alfworld_expert", choices=("handcoded", "planner"))
+        q.add_argument("--jvm_heap", default="512m", help="ScienceWorld: JVM heap cap (-Xmx), e.g. 512m, 2g.")
+        add_alias(q, "--jvm-heap", dest="jvm_heap")
+        q.add_argument(
+            "--simplifications", default="easy", help="ScienceWorld simplification preset or list."
         )
         if name == "expert":
-            q.add_argument("--out", required=True, help="Output JSONL file.")
-            q.add_argument("--only-won", action="store_true", help="Write only episodes the expert won.")
+            q.add_argument("--output", help="Output JSONL file. Required.")
+            add_alias(q, "--out", dest="output")
+            q.add_argument("--only_won", action="store_true", help="Write only episodes the expert won.")
+            add_alias(q, "--only-won", dest="only_won", action="store_true")
         q.set_defaults(func=run_expert if name == "expert" else run_replay)
 
 
@@ -117,60 +163,93 @@ def _error(err: Exception) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     try:
-        if args.num < 1:
-            raise ArgError(f"--num must be >= 1, got {args.num}")
-        if args.seed < 0:
-            raise ArgError(f"--seed must be >= 0, got {args.seed}")
+        if not args.data_dir:
+            raise ArgError("--data_dir is required (the folder the games are written to)")
+        if args.generate_games is None:
+            raise ArgError("--generate_games is required (how many games)")
+        if args.generate_games < 1:
+            raise ArgError(f"--generate_games must be >= 1, got {args.generate_games}")
+        if args.generate_seed < 0:
+            raise ArgError(f"--generate_seed must be >= 0, got {args.generate_seed}")
         types = tuple(args.task_types or range(1, 7))
         bad = [t for t in types if t not in range(1, 7)]
         if bad:
-            raise ArgError(f"--task-types must be in 1-6, got {bad[0]}")
-        out = Path(args.out)
+            raise ArgError(f"--task_types must be in 1-6, got {bad[0]}")
+        out = Path(args.data_dir)
         if out.exists() and not out.is_dir():
-            raise ArgError(f"--out {out} exists and is not a directory")
+            raise ArgError(f"--data_dir {out} exists and is not a directory")
     except ArgError as err:
         return _error(err)
-    from gcd_trl.envs.alfworld_gen import generate_games
+    from gcd_trl.envs.alfworld_gen import folder_games, generate_games
 
+    stats: dict[str, Any] = {}
     try:
-        games = generate_games(str(out), args.num, args.seed, task_types=types, grammar=args.grammar)
-    except (ValueError, RuntimeError) as err:
+        games = generate_games(
+            str(out),
+            args.generate_games,
+            args.generate_seed,
+            task_types=types,
+            grammar=args.grammar,
+            add=args.add,
+            stats=stats,
+            progress=True,
+        )
+    except (ValueError, RuntimeError) as err:  # GamesFolderError names what the folder holds
         return _error(err)
-    print(json.dumps({"out": str(out), "games": len(games), "seed": args.seed, "task_types": list(types)}))
+    total = len(folder_games(out))
+    summary = {
+        "data_dir": str(out),
+        "games": len(games),
+        "seed": args.generate_seed,
+        "task_types": list(types),
+        "generated": 0 if stats.get("reused") else len(games),
+        "total_games": total,
+    }
+    note = "already there, nothing written" if stats.get("reused") else f"written in {stats['seconds']:.1f}s"
+    print(f"{len(games)} games {note}; {out} holds {total} games", file=sys.stderr)
+    print(json.dumps(summary))
     return 0
 
 
 def _check_common(args: argparse.Namespace) -> None:
-    if args.limit is not None and args.limit < 1:
-        raise ArgError(f"--limit must be >= 1, got {args.limit}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ArgError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.environment is None:
+        raise ArgError("--environment is required (alfworld or scienceworld)")
+    if not args.games and not args.split:
+        raise ArgError("one of --games DIR or --split L0|L1|L2 is required")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise ArgError(f"--max_tasks must be >= 1, got {args.max_tasks}")
+    if args.max_episode_steps is not None and args.max_episode_steps < 1:
+        raise ArgError(f"--max_episode_steps must be >= 1, got {args.max_episode_steps}")
     if args.history_length < 0:
-        raise ArgError(f"--history-length must be >= 0, got {args.history_length}")
-    if args.env == "scienceworld":
+        raise ArgError(f"--history_length must be >= 0, got {args.history_length}")
+    if args.environment == "scienceworld":
         if args.games:
             raise ArgError("--games is for alfworld; use --split L0|L1|L2 for scienceworld")
         if args.task_types:
-            raise ArgError("--task-types is for alfworld; use --task-names for scienceworld")
+            raise ArgError("--task_types is for alfworld; use --scienceworld_tasks for scienceworld")
+        if not JVM_HEAP.match(args.jvm_heap or ""):
+            raise ArgError(f"--jvm_heap {args.jvm_heap!r} must look like 512m or 2g")
     else:
-        if args.task_names:
-            raise ArgError("--task-names is for scienceworld; use --task-types for alfworld")
+        if args.scienceworld_tasks:
+            raise ArgError("--scienceworld_tasks is for scienceworld; use --task_types for alfworld")
         bad = [t for t in args.task_types or () if t not in range(1, 7)]
         if bad:
-            raise ArgError(f"--task-types must be in 1-6, got {bad[0]}")
+            raise ArgError(f"--task_types must be in 1-6, got {bad[0]}")
         if args.games and not Path(args.games).is_dir():
             raise ArgError(f"--games {args.games}: no such directory")
         if args.data_dir and not Path(args.data_dir).is_dir():
-            raise ArgError(f"--data-dir {args.data_dir}: no such directory")
+            raise ArgError(f"--data_dir {args.data_dir}: no such directory")
 
 
 def _template(args: argparse.Namespace) -> str:
     from gcd_trl.prompts import TemplateError, default_agent_template, load_template
 
     try:
-        return load_template(args.template or default_agent_template(args.env, args.meta_reasoning))
+        return load_template(
+            args.prompt_template or default_agent_template(args.environment, args.meta_reasoning)
+        )
     except TemplateError as err:
-        raise ArgError(f"--template: {err}") from None
+        raise ArgError(f"--prompt_template: {err}") from None
 
 
 def _type_key(task: Any) -> Any:
@@ -193,10 +272,11 @@ def round_robin(tasks: list, limit: int | None) -> list:
 
 
 def select_tasks(args: argparse.Namespace) -> list:
-    """The tasks named by --games/--split/--part/--task-*/--limit (no env is started)."""
+    """The tasks named by --games/--split/--part/--task_types/--scienceworld_tasks/--max_tasks (no env
+    is started)."""
     from gcd_trl.envs.base import Task
 
-    if args.env == "alfworld" and args.games:
+    if args.environment == "alfworld" and args.games:
         from gcd_trl.envs.alfworld import list_games, task_type_of
 
         games = list_games(args.games, task_types=args.task_types)
@@ -211,69 +291,187 @@ def select_tasks(args: argparse.Namespace) -> list:
     else:
         from gcd_trl.envs.splits import split_tasks
 
-        tasks = split_tasks(args.env, args.split, args.part, args.data_dir)
+        tasks = split_tasks(args.environment, args.split, args.part, args.data_dir)
         if args.task_types:
             tasks = [t for t in tasks if t.task_type in args.task_types]
-        if args.task_names:
+        if args.scienceworld_tasks:
             known = {t.task_name for t in tasks}
-            unknown = [n for n in args.task_names if n not in known]
+            unknown = [n for n in args.scienceworld_tasks if n not in known]
             if unknown:
                 raise ArgError(
-                    f"--task-names: {unknown[0]!r} is not a task of {args.split} {args.part}; "
+                    f"--scienceworld_tasks: {unknown[0]!r} is not a task of {args.split} {args.part}; "
                     f"known: {', '.join(sorted(known))}"
                 )
-            tasks = [t for t in tasks if t.task_name in args.task_names]
+            tasks = [t for t in tasks if t.task_name in args.scienceworld_tasks]
     if not tasks:
-        raise ArgError("no tasks match the given --split/--part/--task-* options")
-    return round_robin(tasks, args.limit)
+        raise ArgError("no tasks match the given --split/--part/--task_types/--scienceworld_tasks options")
+    return round_robin(tasks, args.max_tasks)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[list, str, Any]:
+def _pddl_error(domain: str, problem: str) -> str | None:
+    """Parse a game's PDDL with the parser the engine uses (fast-downward's, through textworld), which
+    exits the process on an error: caught here, before any env starts. None when it parses."""
+    import contextlib
+    import io
+
+    saved = sys.argv
+    sys.argv = ["translate.py", "domain", "task"]  # fast-downward's options module parses sys.argv on import
+    try:
+        from fast_downward.translate.pddl_parser import lisp_parser, parsing_functions
+    except ImportError:
+        return None  # no parser to ask: the env will tell
+    finally:
+        sys.argv = saved
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its warnings about repeated facts
+            parsing_functions.parse_task(
+                lisp_parser.parse_nested_list(domain.split("\n")),
+                lisp_parser.parse_nested_list(problem.split("\n")),
+            )
+    except (SystemExit, Exception) as err:
+        return f"{type(err).__name__ if not isinstance(err, SystemExit) else 'parse error'}: {err}"
+    return None
+
+
+def game_problem(game_dir: str) -> str | None:
+    """Why an ALFWorld game cannot be played (unreadable files, PDDL that does not parse), or None."""
+    path = os.path.join(game_dir, "game.tw-pddl")
+    try:
+        with open(path) as f:
+            game = json.load(f)
+    except (OSError, ValueError) as err:
+        return f"game.tw-pddl unreadable: {err}"
+    if not isinstance(game, dict):
+        return "game.tw-pddl is not a JSON object"
+    for key in ("pddl_domain", "pddl_problem", "grammar"):
+        if not isinstance(game.get(key), str) or not game[key].strip():
+            return f"game.tw-pddl: {key} is missing"
+    error = _pddl_error(game["pddl_domain"], game["pddl_problem"])
+    return f"game.tw-pddl: the PDDL does not parse ({error})" if error else None
+
+
+def task_id(task: Any, games_root: str | None) -> str:
+    """A short id of a task: the game path relative to --games, or the ScienceWorld task:variation."""
+    if task.env == "alfworld" and games_root:
+        try:
+            return os.path.relpath(task.game, games_root)
+        except ValueError:
+            pass
+    return task.key.split(":", 1)[1]
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list, str, Any, dict[str, str]]:
+    """Tasks, template, env spec and the tasks found unplayable before any env starts (id -> reason)."""
     from gcd_trl.envs.base import EnvSpec
 
     _check_common(args)
     template = _template(args)
     tasks = select_tasks(args)
+    bad: dict[str, str] = {}
+    if args.environment == "alfworld":
+        for t in tasks:
+            problem = game_problem(t.game)
+            if problem:
+                bad[task_id(t, args.games)] = problem
+        if len(bad) == len(tasks):
+            first = next(iter(bad.items()))
+            raise ArgError(f"none of the {len(tasks)} games can be played; e.g. {first[0]}: {first[1]}")
+        tasks = [t for t in tasks if task_id(t, args.games) not in bad]
     spec = EnvSpec(
-        env=args.env,
+        env=args.environment,
         jvm_heap=args.jvm_heap,
         simplifications=args.simplifications,
         alfworld_expert=args.alfworld_expert,
     )
-    return tasks, template, spec
+    return tasks, template, spec, bad
 
 
-def _play_kwargs(args: argparse.Namespace, template: str) -> dict[str, Any]:
-    return {
-        "template": template,
-        "max_steps": args.max_steps,
-        "history_length": args.history_length,
-        "meta_reasoning": args.meta_reasoning,
-    }
+def _play(args: argparse.Namespace, tasks: list, template: str, spec: Any, bad: dict[str, str], sink=None):
+    """Play the expert on every task with a progress bar (episodes done / total, success so far); returns
+    the summary (expert.summarize's, plus `failed`: every task that did not run cleanly, by id)."""
+    from tqdm.auto import tqdm
+
+    from gcd_trl.rollout.expert import ExpertEpisode, iter_expert, summarize
+
+    results: list = []
+    start = time.perf_counter()
+    wins = 0
+    bar = tqdm(total=len(tasks), desc=args.env_command, unit="ep", dynamic_ncols=True, file=sys.stderr)
+    remaining = list(tasks)
+    try:
+        while remaining:
+            offset = len(results)
+            try:
+                for res in iter_expert(
+                    spec,
+                    remaining,
+                    template=template,
+                    max_steps=args.max_episode_steps,
+                    history_length=args.history_length,
+                    meta_reasoning=args.meta_reasoning,
+                ):
+                    for rec in res.records:
+                        rec["episode"] += offset  # numbered over the whole run, across restarts
+                    results.append(res)
+                    remaining.pop(0)
+                    wins += int(res.won)
+                    if sink is not None:
+                        sink(res)
+                    bar.update(1)
+                    bar.set_postfix(success=f"{wins}/{len(results)}", refresh=False)
+            except SystemExit as err:  # an engine that exits the process (fast-downward on bad PDDL)
+                task = remaining.pop(0)
+                results.append(ExpertEpisode(task, None, fault=f"error:engine exited: {err}"))
+                bar.update(1)
+    finally:
+        bar.close()
+    summary = summarize(results, time.perf_counter() - start)
+    failed = [{"task": t, "fault": f"not played: {why}"} for t, why in bad.items()]
+    failed += [{"task": task_id(r.task, args.games), "fault": r.fault} for r in results if r.fault]
+    summary["episodes_skipped"] = len(bad)
+    summary["failed"] = failed
+    clean = sum(1 for r in results if r.fault is None)
+    return summary, clean
 
 
 def run_expert(args: argparse.Namespace) -> int:
     try:
-        out = Path(args.out)
+        if not args.output:
+            raise ArgError("--output is required (a .jsonl file)")
+        out = Path(args.output)
         if out.is_dir():
-            raise ArgError(f"--out {out} is a directory; give a .jsonl file path")
-        tasks, template, spec = _prepare(args)
+            raise ArgError(f"--output {out} is a directory; give a .jsonl file path")
+        tasks, template, spec, bad = _prepare(args)
     except (ValueError, FileNotFoundError) as err:  # ArgError, or a split/data problem named by envs
         return _error(err)
-    from gcd_trl.rollout.expert import write_expert_jsonl
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # complete episodes so far; renamed when done
+    written = 0
+    with partial.open("w", encoding="utf-8") as f:
 
-    summary = write_expert_jsonl(spec, tasks, out, only_won=args.only_won, **_play_kwargs(args, template))
+        def sink(res) -> None:
+            nonlocal written
+            if args.only_won and not res.won:
+                return
+            for rec in res.records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                written += 1
+            f.flush()
+
+        summary, clean = _play(args, tasks, template, spec, bad, sink)
+    os.replace(partial, out)
+    summary.update(out=str(out), records=written)
     print(json.dumps(summary, indent=1))
-    return 0
+    return 0 if clean else 1
 
 
 def run_replay(args: argparse.Namespace) -> int:
     try:
-        tasks, template, spec = _prepare(args)
+        tasks, template, spec, bad = _prepare(args)
     except (ValueError, FileNotFoundError) as err:  # ArgError, or a split/data problem named by envs
         return _error(err)
-    from gcd_trl.rollout.expert import replay
-
-    summary = replay(spec, tasks, **_play_kwargs(args, template))
+    summary, clean = _play(args, tasks, template, spec, bad)
     print(json.dumps(summary, indent=1))
-    return 0
+    if not clean:
+        print("gcd-trl env: error: no episode ran cleanly (see `failed` in the summary)", file=sys.stderr)
+    return 0 if clean else 1

@@ -37,28 +37,101 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lab.add_argument("--output", required=True, help="Where to write the labelled step records (JSONL).")
     lab.add_argument("--config", help="A run config (YAML): its judge_* / GCD keys are used.")
     lab.add_argument(
-        "--base-url", help="External judge endpoint (OpenAI-compatible), e.g. http://host:8000/v1"
+        "--judge_base_url",
+        "--base-url",
+        dest="base_url",
+        help="External judge endpoint (OpenAI-compatible), e.g. http://host:8000/v1",
     )
-    lab.add_argument("--model", help="External judge model name.")
-    lab.add_argument("--labels", choices=("rules", "external", "both"), help="Label source (default: both).")
-    lab.add_argument("--votes", type=int, help="Answers per step (judge_votes).")
+    lab.add_argument("--judge_model", "--model", dest="model", help="External judge model name.")
     lab.add_argument(
-        "--min-agree", type=int, help="Answers that must agree to keep a label (judge_min_agree)."
+        "--judge_labels",
+        "--labels",
+        dest="labels",
+        choices=("rules", "external", "both"),
+        help="Label source (default: both).",
     )
-    lab.add_argument("--vote-mode", choices=("n", "repeat"), help="One request with n, or one per answer.")
-    lab.add_argument("--api-key-env", help="Env var holding the API key (judge_api_key_env).")
-    lab.add_argument("--temperature", type=float, help="Sampling temperature (judge_temperature).")
-    lab.add_argument("--max-tokens", type=int, help="Token cap of one answer (judge_max_tokens).")
-    lab.add_argument("--timeout", type=float, help="Seconds per request (judge_timeout).")
     lab.add_argument(
-        "--max-retries", type=int, help="Client retries on 429/5xx/timeouts (judge_max_retries)."
+        "--judge_votes", "--votes", dest="votes", type=int, help="Answers per step (judge_votes)."
     )
-    lab.add_argument("--concurrency", type=int, help="Requests in flight (judge_concurrency).")
-    lab.add_argument("--max-requests", type=int, help="HTTP request budget (judge_max_requests).")
-    lab.add_argument("--token-budget", type=int, help="Token budget (judge_token_budget).")
-    lab.add_argument("--template", help="Critic template: built-in name or file (judge_template).")
     lab.add_argument(
+        "--judge_min_agree",
+        "--min-agree",
+        dest="min_agree",
+        type=int,
+        help="Answers that must agree to keep a label (judge_min_agree).",
+    )
+    lab.add_argument(
+        "--judge_vote_mode",
+        "--vote-mode",
+        dest="vote_mode",
+        choices=("n", "repeat"),
+        help="One request with n, or one per answer.",
+    )
+    lab.add_argument(
+        "--judge_api_key_env",
+        "--api-key-env",
+        dest="api_key_env",
+        help="Env var holding the API key (judge_api_key_env).",
+    )
+    lab.add_argument(
+        "--judge_temperature",
+        "--temperature",
+        dest="temperature",
+        type=float,
+        help="Sampling temperature (judge_temperature).",
+    )
+    lab.add_argument(
+        "--judge_max_tokens",
+        "--max-tokens",
+        dest="max_tokens",
+        type=int,
+        help="Token cap of one answer (judge_max_tokens).",
+    )
+    lab.add_argument(
+        "--judge_timeout",
+        "--timeout",
+        dest="timeout",
+        type=float,
+        help="Seconds per request (judge_timeout).",
+    )
+    lab.add_argument(
+        "--judge_max_retries",
+        "--max-retries",
+        dest="max_retries",
+        type=int,
+        help="Client retries on 429/5xx/timeouts (judge_max_retries).",
+    )
+    lab.add_argument(
+        "--judge_concurrency",
+        "--concurrency",
+        dest="concurrency",
+        type=int,
+        help="Requests in flight (judge_concurrency).",
+    )
+    lab.add_argument(
+        "--judge_max_requests",
+        "--max-requests",
+        dest="max_requests",
+        type=int,
+        help="HTTP request budget (judge_max_requests).",
+    )
+    lab.add_argument(
+        "--judge_token_budget",
+        "--token-budget",
+        dest="token_budget",
+        type=int,
+        help="Token budget (judge_token_budget).",
+    )
+    lab.add_argument(
+        "--judge_template",
+        "--template",
+        dest="template",
+        help="Critic template: built-in name or file (judge_template).",
+    )
+    lab.add_argument(
+        "--judge_cache_dir",
         "--cache-dir",
+        dest="cache_dir",
         help=f"Answer cache (judge_cache_dir). Default: {default_cache_dir()} (shared by runs).",
     )
     lab.set_defaults(func=run_label)

@@ -4,27 +4,42 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from gcd_trl.commands._common import add_alias
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tiny-model",
         help="Build a tiny random Qwen2-architecture chat model and tokenizer into a folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a byte-level BPE tokenizer on the packaged ALFWorld/ScienceWorld corpus and save "
         "it with a randomly initialised Qwen2 causal LM, loadable by AutoTokenizer / AutoModelForCausalLM. "
         "The same arguments give byte-identical files.",
     )
-    p.add_argument("--out", required=True, help="Output folder (created if missing; files are overwritten).")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the weight initialisation.")
-    p.add_argument("--hidden-size", type=int, default=256, help="Hidden size (a multiple of 64).")
-    p.add_argument("--num-layers", type=int, default=4, help="Number of decoder layers.")
     p.add_argument(
-        "--vocab-size",
+        "--output_dir",
+        help="Output folder (required; created if missing). A folder that is not empty is refused "
+        "unless --overwrite.",
+    )
+    add_alias(p, "--out", dest="output_dir")
+    p.add_argument(
+        "--overwrite", action="store_true", help="Write into a non-empty folder, replacing the model's files."
+    )
+    p.add_argument("--seed", type=int, default=0, help="Seed of the weight initialisation.")
+    p.add_argument("--hidden_size", type=int, default=256, help="Hidden size (a multiple of 64).")
+    add_alias(p, "--hidden-size", dest="hidden_size", type=int)
+    p.add_argument("--num_hidden_layers", type=int, default=4, help="Number of decoder layers.")
+    add_alias(p, "--num-layers", "--num_layers", dest="num_hidden_layers", type=int)
+    p.add_argument(
+        "--vocab_size",
         type=int,
         default=4096,
         help="Upper bound on the tokenizer vocabulary, all tokens included (BPE stops earlier "
         "when the corpus has no more repeated pairs).",
     )
+    add_alias(p, "--vocab-size", dest="vocab_size", type=int)
     p.add_argument(
         "--corpus",
         default=None,
@@ -33,7 +48,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _error(message: str) -> int:
+    print(f"gcd-trl tiny-model: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.output_dir:
+        return _error("--output_dir is required (the folder the model is written to)")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        return _error(f"--output_dir {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        return _error(
+            f"--output_dir {out} is not empty ({shown}); pass --overwrite to write the model there anyway, "
+            "or choose an empty folder"
+        )
     import torch
 
     from gcd_trl.tiny_model import build_tiny_model, count_parameters
@@ -41,15 +73,14 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         out = build_tiny_model(
-            args.out,
+            out,
             seed=args.seed,
             hidden_size=args.hidden_size,
-            num_layers=args.num_layers,
+            num_layers=args.num_hidden_layers,
             vocab_size=args.vocab_size,
             corpus=args.corpus,
         )
     except (OSError, ValueError) as err:
-        print(f"gcd-trl tiny-model: error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
     print(f"tiny model: {count_parameters(out):,} parameters, saved to {out}")
     return 0

@@ -662,6 +662,8 @@ def generate_games(
     verify: bool = True,
     grammar: str = "dataset",
     stats: dict[str, Any] | None = None,
+    add: bool = False,
+    progress: bool = False,
 ) -> list[str]:
     """Write `num` planner-checked games under `out_dir`; return their directories in index order.
 
@@ -673,6 +675,10 @@ def generate_games(
     words commands and feedback as the released json_2.1.1 games do ("put X in/on Y", "You arrive at
     loc N."), so training on generated games matches evaluation on real ones; `wheel` keeps alfworld
     0.4.2's own wording ("move X to Y"). `stats`, when given, receives counts and timings.
+
+    A folder that already holds exactly these games (same seed, count, task types and grammar) is used as
+    it is (`stats["reused"]`); one holding other games is refused with `GamesFolderError` naming what is
+    there, unless `add` (then these games are added and the folder holds both). `progress` shows a bar.
     """
     types = _normalize_task_types(task_types)
     if isinstance(num, bool) or not isinstance(num, int) or num < 0:
@@ -691,8 +697,21 @@ def generate_games(
         raise ValueError(
             f"out_dir {out_dir!r} contains 'movable' or 'Sliced': alfworld's loader skips such paths"
         )
-    w = _wheel()
     text_grammar = game_grammar(grammar)
+    found = folder_games(out_dir)
+    mine = _requested_games(found, num, seed, types, grammar)
+    if mine is not None and (len(found) == num or add):
+        if stats is not None:
+            stats.update(games=0, reused=True, total_games=len(found))
+        return mine  # exactly these games are there already (generation is deterministic)
+    others = [d for d in found if not _is_requested(d, num, seed, types)]
+    if others and not add:
+        raise GamesFolderError(
+            f"{out_dir} already holds {describe_games(found)}; asked for {num} games of seed {seed} "
+            f"(task types {list(types)}), which would be mixed with them. Use an empty folder, or add "
+            "them on purpose (add=True, `--add`)"
+        )
+    w = _wheel()
     planner = _Planner(text_grammar) if num else None
     counts = {
         "games": 0,
@@ -704,6 +723,11 @@ def generate_games(
     }
     start, cpu_start = time.perf_counter(), time.process_time()
     dirs = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num, desc="games", unit="game", dynamic_ncols=True)
     for i in range(num):
         task_type = types[i % len(types)]
         trial = f"trial_gen_{seed}_{i:05d}"
@@ -743,8 +767,88 @@ def generate_games(
         counts["games"] += 1
         counts["plan_lengths"].append(len(walkthrough))
         dirs.append(game_dir)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     counts["seconds"] = time.perf_counter() - start
     counts["cpu_seconds"] = time.process_time() - cpu_start
     if stats is not None:
-        stats.update(counts)
+        stats.update(counts, reused=False, total_games=len(folder_games(out_dir)))
     return dirs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a games folder holds (generate_games refuses to mix other games with the ones asked for)
+
+_TRIAL_NAME = re.compile(r"^trial_gen_(\d+)_(\d+)$")
+_DATASET_TEMPLATE = 'template :: "put {o} in/on {r}";'
+
+
+class GamesFolderError(ValueError):
+    """The output folder holds games other than the ones asked for."""
+
+
+def folder_games(out_dir: str | os.PathLike) -> list[str]:
+    """Game directories (holding game.tw-pddl) under `out_dir`, sorted; [] when it does not exist."""
+    root = os.fspath(out_dir)
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d, _, files in os.walk(root) if GAME_FILE in files)
+
+
+def _trial(game_dir: str) -> tuple[int, int] | None:
+    m = _TRIAL_NAME.match(os.path.basename(game_dir))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _is_requested(game_dir: str, num: int, seed: int, types: Sequence[int]) -> bool:
+    """Is this the game `generate_games(num, seed, types)` writes (by its trial name and task type)?"""
+    trial = _trial(game_dir)
+    if trial is None or trial[0] != seed or trial[1] >= num:
+        return False
+    try:
+        with open(os.path.join(game_dir, TRAJ_FILE)) as f:
+            kind = json.load(f).get("task_type")
+    except (OSError, ValueError):
+        return True  # a game cut short by a kill: regenerated in place
+    return kind == TASK_TYPES[types[trial[1] % len(types)]]
+
+
+def _requested_games(
+    found: list[str], num: int, seed: int, types: Sequence[int], grammar: str
+) -> list[str] | None:
+    """The requested games in index order when all of them are there, complete and in `grammar`; else None."""
+    by_index: dict[int, str] = {}
+    for d in found:
+        if _is_requested(d, num, seed, types):
+            by_index[_trial(d)[1]] = d  # type: ignore[index]
+    if len(by_index) != num or not num:
+        return None
+    try:
+        for d in by_index.values():
+            with open(os.path.join(d, TRAJ_FILE)) as f:
+                json.load(f)
+        with open(os.path.join(by_index[0], GAME_FILE)) as f:
+            text = json.load(f)["grammar"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (_DATASET_TEMPLATE in text) != (grammar == "dataset"):
+        return None
+    return [by_index[i] for i in range(num)]
+
+
+def describe_games(found: list[str]) -> str:
+    """E.g. "14 games (12 generated with seed 0, 2 not generated by gcd-trl)"."""
+    seeds: dict[int, int] = {}
+    other = 0
+    for d in found:
+        trial = _trial(d)
+        if trial is None:
+            other += 1
+        else:
+            seeds[trial[0]] = seeds.get(trial[0], 0) + 1
+    parts = [f"{n} generated with seed {s}" for s, n in sorted(seeds.items())]
+    if other:
+        parts.append(f"{other} not generated by gcd-trl")
+    return f"{len(found)} games ({', '.join(parts)})"

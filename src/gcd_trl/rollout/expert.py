@@ -8,21 +8,29 @@ a plausible reason, not real reasoning.
 
 Faults are counted, never fatal: an env error (the env is rebuilt when built here), no expert action
 before the end, an expert action the parser rejects, or an aborted env. Such episodes are lost.
+
+The step budget: ALFWorld's handcoded expert searches receptacles one by one and can need more steps
+than an episode allows (large rooms, `pick_two` games). `ExpertBudget` watches the steps left and hands
+the rest of the episode to the planner (which walks straight to what it needs) while the planner's plan
+from the current state still fits; `BudgetedExpertEnv` puts that rule inside an env, so a pool worker's
+`expert_action()` follows it too (the `expert` policy of `gcd-trl eval`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gcd_trl.envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
-from gcd_trl.envs.base import EnvSpec, Task, TextEnv, make_env
+from gcd_trl.envs.alfworld import AlfWorldEnv
+from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv, make_env
 from gcd_trl.prompts import default_agent_template, load_template
 from gcd_trl.rollout.episode import Episode
 
@@ -89,6 +97,86 @@ def expert_completion(
     return f"<think>{think}</think><action>{action}</action>"
 
 
+class ExpertBudget:
+    """The env's expert within a step budget: ALFWorld's handcoded expert hands over to the planner when
+    the planner's plan from the current state (plus `margin`) no longer fits in the steps left.
+
+    Checks start once `check_within` steps are left. A step changes the planner's plan length by at most
+    about one, so after a check with slack `left - plan - margin` the next one is due in half that slack:
+    a handful of replans (0.01-1 s each on the real games) in the episodes that run long, none in the
+    others. Other envs (ScienceWorld's gold path) are asked directly.
+    """
+
+    def __init__(self, env: TextEnv, max_steps: int, *, check_within: int = 16, margin: int = 2) -> None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.env, self.max_steps = env, max_steps
+        self.check_within, self.margin = check_within, margin
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode starts (after env.reset)."""
+        self.steps = 0
+        self._next_check = max(0, self.max_steps - self.check_within)
+        self.handed_over: str | None = None
+
+    def stepped(self) -> None:
+        """The env was stepped once."""
+        self.steps += 1
+
+    def action(self) -> str | None:
+        env = self.env
+        if isinstance(env, AlfWorldEnv) and not env.use_planner and self.steps >= self._next_check:
+            self._check(env)
+        return env.expert_action()
+
+    def _check(self, env: AlfWorldEnv) -> None:
+        left = self.max_steps - self.steps
+        # alfworld's own planner from the current state (the env's planner expert uses the same call)
+        plan = env._replan()
+        slack = left - len(plan) - self.margin
+        if slack >= 2:
+            self._next_check = self.steps + slack // 2
+            return
+        self.handed_over = f"step budget: the planner needs {len(plan)} of the {left} steps left"
+        env._fall_back(self.handed_over)
+        env._plan, env._plan_idx = list(plan), 0  # reuse the plan just made
+
+
+class BudgetedExpertEnv(TextEnv):
+    """An env whose `expert_action()` keeps to an episode budget of `max_steps` (see `ExpertBudget`)."""
+
+    def __init__(self, env: TextEnv, max_steps: int, **budget_kwargs) -> None:
+        self.inner = env
+        self.name = env.name
+        self.budget = ExpertBudget(env, max_steps, **budget_kwargs)
+
+    def reset(self, task: Task) -> StepResult:
+        result = self.inner.reset(task)
+        self.budget.reset()
+        return result
+
+    def step(self, action: str) -> StepResult:
+        result = self.inner.step(action)
+        self.budget.stepped()
+        return result
+
+    def expert_action(self) -> str | None:
+        return self.budget.action()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _make_budgeted_env(spec: EnvSpec, max_steps: int) -> TextEnv:
+    return BudgetedExpertEnv(make_env(spec), max_steps)
+
+
+def budgeted_env_factory(max_steps: int) -> Callable[[EnvSpec], TextEnv]:
+    """An `EnvPool` env factory (picklable) building envs whose expert keeps to `max_steps` per episode."""
+    return functools.partial(_make_budgeted_env, max_steps=max_steps)
+
+
 @dataclass
 class ExpertEpisode:
     """One expert episode: its Episode, one record per valid step, and a fault if it went wrong."""
@@ -129,9 +217,10 @@ def play_expert(
         traj=index,
     )
     out = ExpertEpisode(task, ep)
+    budget = ExpertBudget(env, max_steps)
     while not ep.done:
         prompt = ep.prompt()
-        action = env.expert_action()
+        action = budget.action()
         if action is None:
             out.fault = "no_expert_action"
             break
@@ -145,6 +234,7 @@ def play_expert(
             out.fault = f"expert_action_invalid:{ep.steps[-1].reason}:{action}"
             break
         ep.observe(env.step(sent))
+        budget.stepped()
         out.records.append(
             {
                 "task": task.to_dict(),

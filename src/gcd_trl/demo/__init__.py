@@ -1,0 +1,1 @@
+"""`make demo`: the paper's pipeline end to end on one CPU machine, offline (see `pipeline.py`)."""

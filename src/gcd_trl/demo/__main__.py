@@ -1,0 +1,5 @@
+import sys
+
+from gcd_trl.demo.pipeline import main
+
+sys.exit(main())

@@ -1,0 +1,292 @@
+"""`make demo`: cold start, RL with and without GCD, evaluation and a report, offline on 2 CPU cores.
+
+    python -m gcd_trl.demo [--out runs/demo] [--rounds 3] [--fresh] [--small]
+    (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1])
+
+Stages (each one a `gcd-trl` command, printed before it runs; a finished stage leaves a marker in
+OUT/stages/ and is skipped on the next run, so a second `make demo` reuses what is built):
+1. the tiny model, and the default datasets (`make data`: generated ALFWorld games, disjoint train and
+   held-out sets, agent and judge SFT data);
+2. cold start: SFT on agent + judge data;
+3. RL with GiGPO from the SFT checkpoint, twice at the same seed and budget: without and with GCD
+   (co-training + golden rules; labels from the rules, as no external judge is configured offline);
+4. evaluation of random, expert, SFT and both RL checkpoints on the same held-out games, and the
+   ScienceWorld expert on a few variations;
+5. OUT/report.md: what ran, the results in Table 1's layout with 95% intervals, per-type success,
+   invalid-action rates, training curves and result plots (PNG).
+`--small` (DEMO_SMALL=1) shrinks every stage for the test suite; `--rounds` sets the RL budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]  # the repository (configs/, data/, Makefile)
+SCIENCEWORLD_EXPERT_STEPS = 100  # some gold paths are longer than RL's 30 steps
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as a person would type it from the repository root."""
+    text = " ".join(shlex.quote(c) for c in cmd)
+    return text.replace(sys.executable, ".venv/bin/python").replace(str(ROOT) + "/", "")
+
+
+@dataclass
+class Budget:
+    """How big each stage is (the full demo, or --small for tests)."""
+
+    train_games: int = 100
+    heldout_games: int = 30
+    sft_minutes: float = 5.0
+    rounds: int = 3
+    tasks_per_round: int = 2
+    num_generations: int = 4
+    max_episode_steps: int = 15
+    judge_prompts_per_round: int = 2
+    scienceworld_tasks: int = 3
+    seed: int = 0
+
+    @classmethod
+    def small(cls, rounds: int | None = None) -> Budget:
+        return cls(
+            train_games=4,
+            heldout_games=3,
+            sft_minutes=0.15,
+            rounds=rounds or 1,
+            tasks_per_round=1,
+            num_generations=2,
+            max_episode_steps=4,
+            judge_prompts_per_round=1,
+            scienceworld_tasks=1,
+        )
+
+
+class StageError(RuntimeError):
+    """A stage's command failed: names the stage, the command and its exit code."""
+
+
+class Demo:
+    def __init__(self, out: Path, budget: Budget, data: Path | None = None) -> None:
+        self.out, self.budget = out, budget
+        self.data = data or (out / "data" if budget.train_games < 100 else ROOT / "data")
+        self.stages_dir = out / "stages"
+        self.configs = out / "configs"
+        self.ran: list[dict[str, Any]] = []
+
+    # ---- running stages ---------------------------------------------------------------------------
+    def stage(self, name: str, commands: list[list[str]], done_when: Path | None = None) -> None:
+        marker = self.stages_dir / f"{name}.json"
+        if marker.is_file() and (done_when is None or done_when.exists()):
+            record = json.loads(marker.read_text())
+            record["reused"] = True
+            self.ran.append(record)
+            print(f"\n=== {name}: done before ({record['wall_s']:.0f} s then), reused", flush=True)
+            return
+        print(f"\n=== {name}", flush=True)
+        t0 = time.perf_counter()
+        for cmd in commands:
+            print("$ " + shown(cmd), flush=True)
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+            env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            env.setdefault("OMP_NUM_THREADS", "2")
+            code = subprocess.call(cmd, cwd=ROOT, env=env)
+            if code != 0:
+                raise StageError(f"stage '{name}' failed: exit {code} from: {' '.join(cmd)}")
+        wall = time.perf_counter() - t0
+        record = {
+            "stage": name,
+            "commands": [shown(c) for c in commands],
+            "wall_s": wall,
+        }
+        self.stages_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record, indent=2))
+        record["reused"] = False
+        self.ran.append(record)
+        print(f"=== {name}: {wall:.0f} s", flush=True)
+
+    def gcd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gcd_trl", *args]
+
+    def write_config(self, name: str, base: str, **overrides: Any) -> Path:
+        """A stage's config: a shipped one with the demo's paths and budget written over it."""
+        data = yaml.safe_load((ROOT / base).read_text())
+        data.update(overrides)
+        path = self.configs / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# made by `make demo` from {base}\n" + yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def write_yaml(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.configs / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# made by `make demo`\n" + yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    # ---- the pipeline -----------------------------------------------------------------------------
+    def run(self) -> Path:
+        b, out, data = self.budget, self.out, self.data
+        model = out / "tiny-model"
+        self.stage(
+            "1a tiny model",
+            [self.gcd("tiny-model", "--out", str(model), "--overwrite")],
+            model / "config.json",
+        )
+        make = [
+            "make",
+            "-s",
+            "data",
+            f"DATA={data}",
+            f"SFT_GAMES={b.train_games}",
+            f"HELDOUT_GAMES={b.heldout_games}",
+        ]
+        agent_sft = data / "alfworld" / "agent_sft_alfworld_compact"
+        judge_sft = data / "alfworld" / "judge_sft_alfworld_compact"
+        self.stage("1b datasets (make data)", [make], judge_sft / "summary.json")
+
+        sft_dir = out / "sft"
+        sft_cfg = self.write_config(
+            "sft",
+            "configs/sft/tiny_alfworld_judge.yaml",
+            model_name_or_path=str(model),
+            output_dir=str(sft_dir),
+            datasets=[{"path": str(agent_sft), "weight": 1.0}, {"path": str(judge_sft), "weight": 0.5}],
+            max_train_minutes=b.sft_minutes,
+            seed=b.seed,
+        )
+        self.stage(
+            "2 cold start: SFT on agent + judge data",
+            [self.gcd("sft", "--config", str(sft_cfg))],
+            sft_dir / "config.json",
+        )
+
+        rl_common = dict(
+            model_name_or_path=str(sft_dir),
+            data_dir=str(data / "alfworld" / "games" / "train"),
+            max_steps=b.rounds,
+            tasks_per_round=b.tasks_per_round,
+            num_generations=b.num_generations,
+            max_episode_steps=b.max_episode_steps,
+            save_strategy="steps",  # a checkpoint per round: `make analyze RUN=runs/demo` reads the series
+            save_steps=1,
+            logging_steps=1,
+            seed=b.seed,
+        )
+        gcd_keys = dict(
+            gcd=True,
+            gcd_coef=1.0,
+            judge_prompts_per_round=b.judge_prompts_per_round,
+            judge_num_generations=4,
+            judge_template="critic_compact",
+            judge_class_balance=False,
+            correction=True,
+            correction_every=max(1, b.rounds // 2),
+            max_rules=3,
+        )
+        runs = {"RL (GiGPO)": out / "rl_gigpo", "RL+GCD (GiGPO)": out / "rl_gigpo_gcd"}
+        base = "configs/rl/tiny_alfworld_gigpo_sft.yaml"
+        for (label, run_dir), extra in zip(runs.items(), ({}, gcd_keys)):
+            cfg = self.write_config(run_dir.name, base, output_dir=str(run_dir), **rl_common, **extra)
+            self.stage(f"3 {label}", [self.gcd("rl", "--config", str(cfg))], run_dir / "config.json")
+
+        heldout = str(data / "alfworld" / "games" / "heldout")
+        ev_common = dict(
+            environment="alfworld",
+            data_dir=heldout,
+            split="all",
+            prompt_template="alfworld_compact",
+            max_episode_steps=b.max_episode_steps,
+            history_length=2,
+            max_new_tokens=32,
+            num_envs=4,
+            seed=b.seed,
+        )
+        policies = {
+            "random": {"policy": "random"},
+            "expert": {"policy": "expert"},
+            "SFT": {"policy": "model", "model_name_or_path": str(sft_dir)},
+            **{label: {"policy": "model", "model_name_or_path": str(d)} for label, d in runs.items()},
+        }
+        eval_dirs = {}
+        for label, keys in policies.items():
+            slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
+            d = out / "eval" / slug
+            eval_dirs[label] = d
+            cfg = self.write_yaml(f"eval_{slug}", {**ev_common, **keys, "label": label, "output_dir": str(d)})
+            self.stage(f"4 eval {label}", [self.gcd("eval", "--config", str(cfg))], d / "report.json")
+        sw = out / "eval" / "scienceworld_expert"
+        sw_cfg = self.write_yaml(
+            "eval_scienceworld_expert",
+            dict(
+                policy="expert",
+                label="expert",
+                environment="scienceworld",
+                split="L0",
+                part="test",
+                max_tasks=b.scienceworld_tasks,
+                max_episode_steps=SCIENCEWORLD_EXPERT_STEPS,
+                num_envs=1,
+                output_dir=str(sw),
+            ),
+        )
+        self.stage(
+            "4 eval ScienceWorld expert", [self.gcd("eval", "--config", str(sw_cfg))], sw / "report.json"
+        )
+
+        from gcd_trl.demo.render import write_report
+
+        path = write_report(self, eval_dirs, runs, sw)
+        return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gcd-trl demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("DEMO_OUT", "runs/demo"), help="Run folder.")
+    parser.add_argument(
+        "--rounds", type=int, default=int(os.environ.get("ROUNDS", 0)) or None, help="RL rounds."
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", default=os.environ.get("FRESH") == "1", help="Start over."
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        default=os.environ.get("DEMO_SMALL") == "1",
+        help="A tiny run (tests).",
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = ROOT / out
+    budget = Budget.small(args.rounds) if args.small else Budget(rounds=args.rounds or Budget.rounds)
+    if args.fresh and out.exists():
+        print(f"demo: FRESH=1, removing {out}", flush=True)
+        shutil.rmtree(out)
+    elif (out / "budget.json").is_file() and not args.small and not args.rounds:
+        budget = Budget(**json.loads((out / "budget.json").read_text()))  # a rerun keeps the run's budget
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "budget.json").write_text(json.dumps(asdict(budget), indent=2))
+    t0 = time.perf_counter()
+    demo = Demo(out, budget)
+    try:
+        report = demo.run()
+    except StageError as err:
+        print(
+            f"\ndemo: {err}\ndemo: fix it and run `make demo` again (finished stages are reused)",
+            file=sys.stderr,
+        )
+        return 1
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"\ndemo done in {minutes:.1f} min. Report: {report}")
+    return 0
