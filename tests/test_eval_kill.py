@@ -18,7 +18,7 @@ from gcd_trl.eval import RandomPolicy, evaluate
 from gcd_trl.eval.runner import EPISODES_FILE
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
-SAMPLES, STEPS = 2, 8
+SAMPLES, STEPS = 2, 20  # long enough that the kill always lands mid-run, even on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_killed_eval_resumes_to_the_uninterrupted_report(sig, games_dir, referen
     episodes = out / EPISODES_FILE
     deadline = time.monotonic() + 300
     workers: set[int] = set()
-    while len(_lines(episodes)) < 3:  # wait for a few finished episodes, then kill mid-run
+    while len(_lines(episodes)) < 1:  # wait for a finished episode, then kill mid-run
         assert proc.poll() is None, f"eval ended before the kill: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "no episodes written in time"
         workers |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
@@ -84,7 +84,7 @@ def test_killed_eval_resumes_to_the_uninterrupted_report(sig, games_dir, referen
         time.sleep(0.1)
     before = _lines(episodes)
     whole = [x for x in before if x.endswith("\n")]
-    assert 3 <= len(whole) < 6 * SAMPLES, "killed mid-run"
+    assert 1 <= len(whole) < 6 * SAMPLES, "killed mid-run"
 
     rerun = subprocess.run(
         _command(games_dir, out, tmp_path), env=env, capture_output=True, text=True, timeout=600

@@ -116,7 +116,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     j.add_argument("--critic_template", default="critic", help="critic, critic_compact, or a file.")
     add_alias(j, "--critic-template", dest="critic_template")
-    j.add_argument("--critique", choices=("template", "endpoint"), default="template")
+    j.add_argument(
+        "--critique",
+        choices=("template", "endpoint"),
+        default="template",
+        help="Who writes the critiques: a template, or the OpenAI-compatible endpoint.",
+    )
     j.add_argument("--good_share", default="0.5", help="Share of good rows after balancing, or 'none'.")
     add_alias(j, "--good-share", dest="good_share")
     j.add_argument("--max_rows", type=int, default=None, help="At most N rows (seeded sample).")
@@ -130,8 +135,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser, add_alias) -> None:
     p.add_argument("--output_dir", default=None, help="Output folder (train.jsonl, summary.json). Required.")
     add_alias(p, "--out", dest="output_dir")
-    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="File format of the rows.")
+    p.add_argument("--seed", type=int, default=0, help="Seed: the same seed builds the same rows.")
     p.add_argument("--tokenizer", default=None, help="Count tokens with this tokenizer (e.g. the model).")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     p.add_argument("--endpoint_model", default=None, help="OpenAI-compatible model (think / critique).")

@@ -2,6 +2,7 @@
 
     gcd-trl eval --config configs/eval/alfworld_expert.yaml [--split L2 --output_dir DIR ...]
     accelerate launch --config_file configs/accelerate/X.yaml -m gcd_trl eval --config FILE
+    gcd-trl eval --config FILE --accelerate_config multi_gpu --num_processes 4     # the same, relaunched
     gcd-trl eval report DIR [DIR ...] [--paper configs/eval/paper_table1.yaml] --out table.md
 
 Everything that can be checked without a model or an env is checked first (config keys and types, the
@@ -19,27 +20,38 @@ import os
 import sys
 from pathlib import Path
 
-USAGE = (
-    "gcd-trl eval --config FILE [--key value ...]\n"
-    "       gcd-trl eval report DIR [DIR ...] [--paper FILE] --out FILE(.md|.json)"
+DESCRIPTION = (
+    "Evaluate a policy (model, OpenAI-compatible endpoint, expert, random) on every task of a benchmark split. "
+    "Every field below can be set in the --config YAML file or as --key value (the command line wins). "
+    "`gcd-trl eval report DIR [DIR ...] [--paper FILE] --out FILE(.md|.json)` merges eval directories into "
+    "one Table 1."
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    from gcd_trl.commands._common import add_trl_command
+
+    p = add_trl_command(
+        sub,
         "eval",
         help="Evaluate a policy (model, OpenAI-compatible endpoint, expert, random) on a benchmark split.",
-        description="Evaluate a policy on every task of a split (any config key can be overridden as "
-        "--key value), or merge eval directories into one Table 1 with `gcd-trl eval report`.",
-        usage=USAGE,
+        description=DESCRIPTION,
+        config_help="Eval config (YAML), e.g. configs/eval/alfworld_expert.yaml.",
     )
-    p.add_argument("--config", help="Eval config (YAML), e.g. configs/eval/alfworld_expert.yaml")
-    p.set_defaults(func=run, accepts_extra=True)
+    p.set_defaults(func=run)
+
+
+def _eval_dataclasses() -> tuple:
+    from gcd_trl.eval.config import EVAL_DATACLASSES
+
+    return EVAL_DATACLASSES
 
 
 def _world() -> tuple[int, int]:
     """This process's (rank, world size) under accelerate / torchrun (no process group is needed)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    from gcd_trl.commands._common import process_rank, world_size
+
+    return process_rank(), world_size()
 
 
 def prepare(argv: list[str]):
@@ -136,37 +148,36 @@ def evaluate_config(ev, env, tasks, extra) -> dict:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if rest and rest[0] == "report":
-        return run_report(rest[1:])
+    from gcd_trl.commands._common import print_once, trl_prelude
     from gcd_trl.commands.rl import InputError
 
-    if not args.config:
-        print(f"usage: {USAGE}\ngcd-trl eval: --config is required", file=sys.stderr)
-        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if rest and rest[0] == "report":
+        return run_report(rest[1:] + (["-h"] if args.help else []))
+    argv = trl_prelude(args, rest, "eval", _eval_dataclasses, DESCRIPTION)
+    if isinstance(argv, int):  # -h, or the launched processes' exit code
+        return argv
     try:
-        parts = prepare(["--config", args.config, *rest])
+        parts = prepare(argv)
     except InputError as err:
-        print(f"gcd-trl eval: {err}", file=sys.stderr)
+        print_once(f"gcd-trl eval: {err}")  # every rank finds the same problem: say it once
         return 2
     ev = parts[0]
     try:
         report = evaluate_config(*parts)
     except KeyboardInterrupt:
-        print(
+        print_once(
             f"\ngcd-trl eval: interrupted; finished episodes are in {ev.output_dir}: rerun the same command "
-            "to resume",
-            file=sys.stderr,
+            "to resume"
         )
         return 130
     status = (
         "" if report.get("complete") else f" (incomplete: {report['episodes']}/{report['expected_episodes']})"
     )
-    print(
+    print_once(
         f"{report['label']} on {report['environment']} {report['split']}: success {report['success']}/"
         f"{report['episodes']} = {100 * report['success_rate']:.1f}%, mean steps {report['mean_steps']:.1f}, "
-        f"invalid {100 * report['invalid_rate']:.1f}%{status}; report in {Path(ev.output_dir) / 'report.md'}",
-        file=sys.stderr,
+        f"invalid {100 * report['invalid_rate']:.1f}%{status}; report in {Path(ev.output_dir) / 'report.md'}"
     )
     return 0
 
@@ -175,7 +186,7 @@ def run_report(argv: list[str]) -> int:
     from gcd_trl.eval.report import ReportError, merge_reports
 
     p = argparse.ArgumentParser(
-        prog="gcd-trl eval report", description="Merge eval directories into one table."
+        prog="gcd-trl eval report", description="Merge eval directories into one Table 1 (rows by label)."
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="Eval directories (each holds report.json).")
     p.add_argument("--paper", help="Published numbers to show beside them (YAML/JSON, see configs/eval/).")

@@ -218,6 +218,7 @@ def _play(
                 "source": "recovery" if recovery else "expert",
                 "labeller": labeller,
                 "off_expert_path": perturbed > 0,
+                "oversampled": False,
             }
         )
         kind, completion = None, target

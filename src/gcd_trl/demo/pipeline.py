@@ -49,7 +49,7 @@ class Budget:
 
     train_games: int = 100
     heldout_games: int = 30
-    sft_minutes: float = 5.0
+    sft_minutes: float = 6.0
     rounds: int = 3
     tasks_per_round: int = 2
     num_generations: int = 4
