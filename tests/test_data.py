@@ -227,7 +227,9 @@ def test_judge_labels_follow_the_rules_then_the_construction():
             assert by_step[s]["label"] == rule and by_step[s]["label_source"] == "rule"
         else:
             assert by_step[s]["label_source"] == "construction"
-    assert res.summary["rule_overrides"] == 1  # step 0: an expert action the rule calls a loop
+    assert (
+        res.summary["rule_construction_disagreements"] == 1
+    )  # step 0: an expert action the rule calls a loop
     for r in res.rows:
         messages = r["messages"]
         assert messages[0]["role"] == "user" and "Agent Response" in messages[0]["content"]
@@ -236,6 +238,11 @@ def test_judge_labels_follow_the_rules_then_the_construction():
         assert judgement.advise
         assert (judgement.action is not None) == (r["label"] == 0 and r["step"] != 0)
     assert by_step[1]["messages"][1]["content"].count("<action>take mug 1 from desk 1</action>") == 1
+    # the construction's label can win instead: step 0 (the expert's action) is then good
+    res = build_judge_sft(
+        traj, JudgeSFTConfig(good_share=None, label_priority="construction"), progress=False
+    )
+    assert {r["step"]: r["label"] for r in res.rows} == {**expected, 0: 1}
 
 
 def test_judge_balance_is_reported_and_configurable():
@@ -304,3 +311,11 @@ def test_cli_builds_agent_and_judge_data(tasks, tmp_path, capsys):
     assert jsummary["rows"] == len(load_rows(jout))
     assert _cli(["data", "judge-sft", "--steps", str(tmp_path / "no.jsonl"), "--output_dir", str(jout)]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_bad_tokenizer_fails_before_any_episode(tasks, tmp_path, capsys):
+    games = str(Path(tasks[0].game).parents[1])
+    out = str(tmp_path / "o")
+    assert _cli(["data", "agent-sft", "--games", games, "--output_dir", out, "--tokenizer", "/no/tok"]) == 2
+    assert "--tokenizer /no/tok: cannot load a tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

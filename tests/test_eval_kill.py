@@ -61,7 +61,15 @@ def _lines(path) -> list[str]:
 def test_killed_eval_resumes_to_the_uninterrupted_report(sig, games_dir, reference, tmp_path):
     out = tmp_path / "eval"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen(_command(games_dir, out, tmp_path), env=env, stderr=subprocess.PIPE, text=True)
+    # a shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored:
+    # give the eval the default disposition, as a terminal's Ctrl-C would find it
+    proc = subprocess.Popen(
+        _command(games_dir, out, tmp_path),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     episodes = out / EPISODES_FILE
     deadline = time.monotonic() + 300
     workers: set[int] = set()

@@ -124,6 +124,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     j.add_argument("--good_share", default="0.5", help="Share of good rows after balancing, or 'none'.")
     add_alias(j, "--good-share", dest="good_share")
+    j.add_argument(
+        "--label_priority",
+        choices=("rule", "construction"),
+        default="rule",
+        help="Which label wins where both exist: the paper's rule (default) or how the step was made.",
+    )
+    add_alias(j, "--label-priority", dest="label_priority", choices=("rule", "construction"))
     j.add_argument("--max_rows", type=int, default=None, help="At most N rows (seeded sample).")
     add_alias(j, "--max-rows", dest="max_rows", type=int)
     j.add_argument("--endpoint_votes", type=int, default=3, help="Endpoint answers per step.")
@@ -274,8 +281,11 @@ def run_agent(args: argparse.Namespace) -> int:
             seed=args.seed,
             workers=args.workers,
         )
-        endpoint = _endpoint(args, args.think == "endpoint")
         tasks = select_tasks(args)
+        from gcd_trl.data.io import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+        endpoint = _endpoint(args, args.think == "endpoint")
     except (ValueError, FileNotFoundError) as err:  # ArgError, ConfigError, a split/data problem
         return _error(err)
     from gcd_trl.data.agent import build_agent_sft
@@ -292,7 +302,7 @@ def run_agent(args: argparse.Namespace) -> int:
         return _error(ValueError("no rows were built (see faults in the summary)"))
     path = save_rows(result.rows, out, args.format)
     steps = save_steps(result.steps, out)
-    add_size_stats(summary, result.rows, args.tokenizer)
+    add_size_stats(summary, result.rows, tokenizer)
     summary.update(tasks=len(tasks), output=str(path), steps_file=str(steps))
     if endpoint is not None:
         summary["endpoint"] = endpoint.stats()
@@ -324,16 +334,20 @@ def run_judge(args: argparse.Namespace) -> int:
             critic_template=args.critic_template,
             critique=args.critique,
             good_share=share,
+            label_priority=args.label_priority,
             max_rows=args.max_rows,
             seed=args.seed,
         )
-        endpoint = _endpoint(args, args.critique == "endpoint", votes=args.endpoint_votes)
+        from gcd_trl.data.io import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
         try:
             records = read_steps(args.steps, kind="agent")
         except RecordFileError as err:
             raise ArgError(f"--steps: {err}") from None
         if not records:
             raise ArgError(f"--steps {' '.join(args.steps)}: no agent step records")
+        endpoint = _endpoint(args, args.critique == "endpoint", votes=args.endpoint_votes)
     except ValueError as err:  # ArgError, a bad JudgeSFTConfig value
         return _error(err)
     from gcd_trl.data.io import add_size_stats, save_rows, save_summary
@@ -349,7 +363,7 @@ def run_judge(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
         return _error(ValueError("no labelled steps: nothing to write"))
     path = save_rows(result.rows, out, args.format)
-    add_size_stats(summary, result.rows, args.tokenizer)
+    add_size_stats(summary, result.rows, tokenizer)
     summary.update(output=str(path))
     save_summary(summary, out)
     print(json.dumps(summary, indent=1))

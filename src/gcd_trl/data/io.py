@@ -98,14 +98,23 @@ def word_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def add_size_stats(
-    summary: dict[str, Any], rows: Sequence[dict[str, Any]], tokenizer_path: str | None
-) -> None:
-    """Token counts with the given tokenizer (e.g. the model to train), else word counts."""
-    if tokenizer_path:
-        from transformers import AutoTokenizer
+def load_tokenizer(path: str | None):
+    """The tokenizer to count tokens with (loaded before a build starts, so a bad path fails first)."""
+    if not path:
+        return None
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer_path)
-        summary.update(token_stats(rows, tok), tokenizer=str(tokenizer_path))
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # offline hub miss, not a tokenizer folder: name it
+        raise ValueError(
+            f"--tokenizer {path}: cannot load a tokenizer ({type(err).__name__}: {err})"
+        ) from None
+
+
+def add_size_stats(summary: dict[str, Any], rows: Sequence[dict[str, Any]], tokenizer=None) -> None:
+    """Token counts with the given tokenizer (e.g. the model to train's), else word counts."""
+    if tokenizer is not None:
+        summary.update(token_stats(rows, tokenizer), tokenizer=str(getattr(tokenizer, "name_or_path", "")))
     else:
         summary.update(word_stats(rows))

@@ -12,7 +12,9 @@ Which steps, which label:
 - The label is the paper's rule (`gcd.labels.rule_labels`: a step whose state comes back later is bad,
   the last step of a won episode is good) wherever the rule says something; elsewhere it is the
   construction's (an expert action is good, a perturbation bad); other steps are left out. Disagreements
-  between rule and construction are counted (`rule_overrides`).
+  between rule and construction are counted (`rule_construction_disagreements`); `label_priority=
+  "construction"` lets the construction win where both exist (the loop rule also flags expert steps that
+  revisit an identical observation, e.g. an empty shelf seen twice).
 - The critique follows the critic prompt's format: `<think>..</think><answer>\\boxed{0|1}</answer>`, then
   `<action>..</action>` (a better action: the expert's) when the score is 0, then `<advise>..</advise>`.
   It is written by a template, or by an OpenAI-compatible endpoint (`gcd.external.ExternalJudge`): the
@@ -38,6 +40,7 @@ from gcd_trl.prompts import load_template
 from gcd_trl.rollout.records import group_trajectories
 
 CRITIQUE_SOURCES = ("template", "endpoint")
+LABEL_PRIORITIES = ("rule", "construction")
 _TASK_LEAD = re.compile(r"^your task is to:?\s*", re.I)
 _TASK_LINE = re.compile(r"(?:Your task is to:|Task:)\s*(.+)")
 
@@ -57,10 +60,13 @@ class JudgeSFTConfig:
     critic_template: str = "critic"  # a built-in critic template name or a file
     critique: str = "template"  # template | endpoint
     good_share: float | None = 0.5  # share of good rows after balancing; None: keep all
+    label_priority: str = "rule"  # which label wins where both exist: the paper's rule, or the construction
     max_rows: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.label_priority not in LABEL_PRIORITIES:
+            raise ValueError(f"label_priority={self.label_priority!r} is not one of {LABEL_PRIORITIES}")
         if self.critique not in CRITIQUE_SOURCES:
             raise ValueError(f"critique={self.critique!r} is not one of {CRITIQUE_SOURCES}")
         if self.good_share is not None and not 0.0 < self.good_share < 1.0:
@@ -80,10 +86,12 @@ def _goal(prompt: str) -> str:
     return m.group(1).strip().rstrip(".") if m else "the task"
 
 
-def label_step(record: Mapping[str, Any], rule: int | None) -> tuple[int | None, str, str, bool]:
+def label_step(
+    record: Mapping[str, Any], rule: int | None, priority: str = "rule"
+) -> tuple[int | None, str, str, bool]:
     """(label, label_source, reason, overridden) for one step: the rule where it applies, else the
-    construction's label (an expert action good, a perturbation bad). `overridden`: rule and construction
-    disagree."""
+    construction's label (an expert action good, a perturbation bad); with priority "construction" the
+    construction's label wins where both exist. `overridden`: rule and construction disagree."""
     kind = record.get("perturbation")
     expert = record.get("expert_action")
     if kind:
@@ -92,6 +100,8 @@ def label_step(record: Mapping[str, Any], rule: int | None) -> tuple[int | None,
         construction, why = GOOD, "expert"
     else:
         construction, why = None, ""
+    if rule is not None and priority == "construction" and construction is not None:
+        return construction, "construction", why, construction != rule
     if rule is not None:
         overridden = construction is not None and construction != rule
         if rule == GOOD:
@@ -171,7 +181,7 @@ def build_judge_sft(
     counts: Counter[str] = Counter()
     for steps in group_trajectories(records).values():
         for rec, rule in zip(steps, rule_labels(steps)):
-            label, source, reason, overridden = label_step(rec, rule)
+            label, source, reason, overridden = label_step(rec, rule, cfg.label_priority)
             counts[f"label_{source}"] += 1
             counts["rule_overrides"] += int(overridden)
             if label is not None:
@@ -214,7 +224,8 @@ def build_judge_sft(
         "target_good_share": cfg.good_share,
         "steps_read": len(records),
         "label_sources": {k[len("label_") :]: v for k, v in sorted(counts.items()) if k.startswith("label_")},
-        "rule_overrides": counts.get("rule_overrides", 0),
+        "label_priority": cfg.label_priority,
+        "rule_construction_disagreements": counts.get("rule_overrides", 0),
         "reasons": dict(sorted(Counter(r["reason"] for r in rows).items())),
         "critique": cfg.critique,
         "critic_template": cfg.critic_template,
