@@ -17,11 +17,12 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench_gcd import one_round  # noqa: E402  (the same timed round: one training_step + optimizer step)
 
 ARMS = {
     "GRPO": {},
@@ -62,19 +63,6 @@ def build(model_dir, out_dir, tasks, pool, overrides: dict, a):
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
     return trainer
-
-
-def one_round(trainer) -> tuple[float, dict]:
-    model = trainer.model
-    t = time.perf_counter()
-    trainer._queue.clear()
-    trainer.training_step(model, [{}])
-    trainer.optimizer.step()
-    model.zero_grad()
-    elapsed = time.perf_counter() - t
-    m = {k: v[-1] for k, v in trainer._metrics["train"].items() if v}
-    trainer._metrics["train"].clear()
-    return elapsed, m
 
 
 def main() -> None:
