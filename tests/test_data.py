@@ -291,7 +291,8 @@ def _cli(argv: list[str]) -> int:
         ([], "one of --games DIR or --split"),
     ],
 )
-def test_agent_cli_rejects_bad_input_first(argv, message, tmp_path, capsys):
+def test_agent_cli_rejects_bad_input_first(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # "--games ." is an empty folder, wherever the suite runs
     code = _cli(["data", "agent-sft", "--output_dir", str(tmp_path / "o"), *argv])
     assert code == 2
     assert message in capsys.readouterr().err

@@ -251,6 +251,8 @@ def _check_agent_args(args: argparse.Namespace) -> None:
     bad = [t for t in args.task_types or () if t not in range(1, 7)]
     if bad:
         raise ArgError(f"--task_types must be in 1-6, got {bad[0]}")
+    if args.think == "endpoint" and not (args.endpoint_model and args.endpoint_base_url):
+        raise ArgError("--think endpoint needs an endpoint: give --endpoint_model and --endpoint_base_url")
 
 
 def run_agent(args: argparse.Namespace) -> int:
