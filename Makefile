@@ -59,7 +59,7 @@ $(DATA)/alfworld/games/.done: $(STAMP)
 	wait $$train && wait $$heldout && touch $@
 $(AGENT_SFT)/summary.json: $(DATA)/alfworld/games/.done
 	$(PY) -m gcd_trl data agent-sft --games $(DATA)/alfworld/games/train --prompt_template $(SFT_TEMPLATE) \
-		--think $(SFT_THINK) --recovery_episodes 1 --oversample_max 4 --workers 2 --output_dir $(AGENT_SFT)
+		--think $(SFT_THINK) --recovery_episodes 1 --workers 2 --output_dir $(AGENT_SFT)
 $(JUDGE_SFT)/summary.json: $(AGENT_SFT)/summary.json
 	$(PY) -m gcd_trl data judge-sft --steps $(AGENT_SFT)/steps \
 		--critic_template $(if $(findstring compact,$(SFT_TEMPLATE)),critic_compact,critic) --output_dir $(JUDGE_SFT)
@@ -68,7 +68,7 @@ SFT_CONFIG ?= configs/sft/tiny_alfworld.yaml
 sft: setup  # make sft [CONFIG=configs/sft/X.yaml]; default: the tiny CPU cold start on `make data`'s data
 	@cfg=$(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),$(SFT_CONFIG)); \
 	if grep -q "^model_name_or_path: outputs/tiny-model" $$cfg && [ ! -f outputs/tiny-model/config.json ]; then \
-		$(PY) -m gcd_trl tiny-model --out outputs/tiny-model; fi; \
+		$(PY) -m gcd_trl tiny-model --out outputs/tiny-model --entity_tokens; fi; \
 	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m gcd_trl sft --config $$cfg
 
 EVAL_CONFIG ?= configs/eval/alfworld_random_generated.yaml

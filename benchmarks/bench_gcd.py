@@ -2,12 +2,15 @@
 
 The tiny model plays generated ALFWorld games with TRL's own generation (transformers `generate`), so the
 round holds real generation, env steps, advantages and the optimizer step. With GCD on, the round also
-labels its steps (rules), asks the policy to judge `judge_prompts` of them (G_judge answers each, one
-batched generate) and trains on those answers too. The judge load per episode is the shipped defaults'
-ratio (16 judge prompts x 4 answers per 16 tasks x 8 episodes: 1/8 prompt per episode). Rounds of the two
-trainers alternate, so load changes hit both alike; the median round time is reported.
+labels its steps (rules), asks the policy to judge some of them (G_judge = 4 answers each, one batched
+generate) and trains on those answers too. The judge load per episode is the shipped defaults' (16 judge
+prompts per 16 tasks x 8 episodes: 1/8 prompt per episode). What the judge costs relative to the round
+depends on episode length: a round pays one extra generate call and 4 answers per 8 episodes, however many
+steps those episodes took. Two episode caps are measured: 24 steps (about the recipes' judge-to-step ratio:
+ALFWorld rounds run up to 50 steps) and 6 steps (short episodes, the worst case). Rounds of the two trainers
+alternate, so load changes hit both alike; the median round time is reported.
 
-    .venv/bin/python benchmarks/bench_gcd.py [--rounds 4] [--tasks 4] [--group 4] [--steps 6]
+    .venv/bin/python benchmarks/bench_gcd.py [--rounds 2] [--tasks 2] [--group 4] [--steps 24 6]
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def build(model_dir, out_dir, tasks, pool, gcd: bool, a):
         disable_tqdm=True,
         seed=0,
     )
-    env_args = EnvArguments(environment="alfworld", split="all", max_episode_steps=a.steps)
+    env_args = EnvArguments(environment="alfworld", split="all", max_episode_steps=a.steps_now)
     gcd_args = GCDArguments(
         gcd=gcd,
         judge_prompts_per_round=max(1, episodes // 8),
@@ -83,10 +86,10 @@ def one_round(trainer) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, nargs="+", default=[24, 6], help="Episode caps to measure.")
     a = parser.parse_args()
 
     import torch
@@ -98,39 +101,45 @@ def main() -> None:
     from gcd_trl.envs.pool import EnvPool
     from gcd_trl.tiny_model import build_tiny_model
 
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(os.path.join(tmp, "tiny")))
         games = generate_games(os.path.join(tmp, "games"), a.tasks, seed=0)
         tasks = [Task("alfworld", split="all", game=g, task_type=task_type_of(g)).to_dict() for g in games]
         pool = EnvPool(EnvSpec("alfworld"), a.tasks * a.group)
         try:
-            runs = {
-                "GCD off": build(model_dir, os.path.join(tmp, "off"), tasks, pool, False, a),
-                "GCD on": build(model_dir, os.path.join(tmp, "on"), tasks, pool, True, a),
-            }
-            for trainer in runs.values():
-                one_round(trainer)  # warm-up
-            times = {k: [] for k in runs}
-            last = {}
-            for _ in range(a.rounds):
-                for name, trainer in runs.items():
-                    elapsed, metrics = one_round(trainer)
-                    times[name].append(elapsed)
-                    last[name] = metrics
+            for steps in a.steps:
+                a.steps_now = steps
+                runs = {
+                    "GCD off": build(model_dir, os.path.join(tmp, f"off{steps}"), tasks, pool, False, a),
+                    "GCD on": build(model_dir, os.path.join(tmp, f"on{steps}"), tasks, pool, True, a),
+                }
+                for trainer in runs.values():
+                    one_round(trainer)  # warm-up
+                times = {k: [] for k in runs}
+                last = {}
+                for _ in range(a.rounds):
+                    for name, trainer in runs.items():
+                        elapsed, metrics = one_round(trainer)
+                        times[name].append(elapsed)
+                        last[name] = metrics
+                base = statistics.median(times["GCD off"])
+                for name in runs:
+                    med = statistics.median(times[name])
+                    rows.append((steps, name, med, med / base, last[name]))
         finally:
             pool.close()
-    base = statistics.median(times["GCD off"])
     print(
-        f"round of {a.tasks} tasks x G={a.group}, {a.steps} steps max, tiny model on CPU, 1 thread, "
+        f"round of {a.tasks} tasks x G={a.group}, tiny model on CPU, 1 thread, "
         f"median of {a.rounds} interleaved rounds"
     )
-    print(f"{'':<10}{'round s':>10}{'vs off':>9}{'samples':>9}{'judge prompts':>15}{'judge tokens':>14}")
-    for name in runs:
-        m = last[name]
-        med = statistics.median(times[name])
+    print(
+        f"{'steps':>6}  {'':<8}{'round s':>9}{'vs off':>9}{'samples':>9}{'judge prompts':>15}{'judge tokens':>14}"
+    )
+    for steps, name, med, ratio, m in rows:
         share = m.get("judge/token_share", 0.0)
         print(
-            f"{name:<10}{med:>10.2f}{med / base:>8.2f}x{m.get('rollout/samples', 0):>9.0f}"
+            f"{steps:>6}  {name:<8}{med:>9.2f}{ratio:>8.2f}x{m.get('rollout/samples', 0):>9.0f}"
             f"{m.get('judge/prompts', 0):>15.0f}{share:>13.1%}"
         )
 

@@ -320,3 +320,21 @@ def test_bad_tokenizer_fails_before_any_episode(tasks, tmp_path, capsys):
     assert _cli(["data", "agent-sft", "--games", games, "--output_dir", out, "--tokenizer", "/no/tok"]) == 2
     assert "--tokenizer /no/tok: cannot load a tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_absent_perturbation_names_a_receptacle_type_the_room_lacks():
+    import random
+
+    from gcd_trl.data.agent import _absent_entity_action, _alfworld_type_names
+
+    admissible = ["go to shelf 1", "go to drawer 2", "take pen 2 from shelf 1", "look"]
+    rng = random.Random(0)
+    receptacles, objects = _alfworld_type_names()
+    for _ in range(20):
+        action = _absent_entity_action(rng, "take pen 2 from shelf 1", admissible)
+        assert action.endswith(" 1 from shelf 1") and action.startswith("take ")
+        thing = action[len("take ") : -len(" 1 from shelf 1")]
+        assert thing in objects and thing != "pen" and action not in admissible
+        place = _absent_entity_action(rng, "go to drawer 2", admissible)[len("go to ") : -len(" 1")]
+        assert place in receptacles and place not in {"shelf", "drawer"}
+    assert _absent_entity_action(rng, "look", admissible) is None  # nothing to swap

@@ -67,3 +67,43 @@ def test_a_failing_stage_stops_the_demo_with_its_name(tmp_path):
     )
     assert proc.returncode == 1
     assert "stage '1a tiny model' failed" in proc.stderr
+
+
+def test_side_by_side_stages_record_each_one_and_name_the_failure(tmp_path):
+    from gcd_trl.demo.pipeline import Budget, Demo, StageError
+
+    demo = Demo(tmp_path, Budget.small())
+    done = tmp_path / "ok.txt"
+    ok = [
+        sys.executable,
+        "-c",
+        f"import os, pathlib; pathlib.Path({str(done)!r}).write_text(os.environ['OMP_NUM_THREADS'])",
+    ]
+    bad = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(StageError, match="stage 'y bad' failed: exit 3"):
+        demo.parallel([("x ok", ok, done), ("y bad", bad, tmp_path / "never")])
+    assert done.read_text() == "1"  # one torch thread each
+    assert json.loads((tmp_path / "stages" / "x ok.json").read_text())["side_by_side"] is True
+    assert not (tmp_path / "stages" / "y bad.json").exists()
+    assert "boom" in (tmp_path / "logs" / "y_bad.log").read_text()
+    demo2 = Demo(tmp_path, Budget.small())
+    demo2.parallel([("x ok", ok, done)])  # finished before: reused, not run again
+    assert demo2.ran[0]["reused"] is True and demo2.group_walls == []
+
+
+def test_new_rounds_forget_rl_and_eval_only(tmp_path):
+    from gcd_trl.demo.pipeline import _forget_rl_and_eval
+
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    for name in ("1a tiny model", "2 cold start", "3 RL (GiGPO)", "4 eval SFT"):
+        (stages / f"{name}.json").write_text("{}")
+    for d in ("sft", "rl_gigpo", "rl_gigpo_gcd", "eval/sft"):
+        (tmp_path / d).mkdir(parents=True)
+    _forget_rl_and_eval(tmp_path)
+    assert sorted(p.stem for p in stages.glob("*.json")) == ["1a tiny model", "2 cold start"]
+    assert (
+        (tmp_path / "sft").is_dir()
+        and not (tmp_path / "rl_gigpo").exists()
+        and not (tmp_path / "eval").exists()
+    )

@@ -280,3 +280,27 @@ def test_trl_sft_assistant_only_loss(model_dir, tokenizer, tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert trainer.state.global_step == 2 and len(losses) == 2
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_entity_tokens_make_each_alfworld_entity_one_token(tmp_path):
+    from transformers import AutoTokenizer
+
+    from gcd_trl.tiny_model import entity_tokens
+
+    out = build_tiny_model(tmp_path / "ent", with_entity_tokens=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    plain = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "plain"))
+    assert len(tok) == len(plain) + len(entity_tokens())
+    text = "On the shelf 1, you see a pen 2.\nActions: 'go to shelf 10', 'take pen 2 from shelf 1', 'go to shelf 41'"
+    ids = tok(text, add_special_tokens=False).input_ids
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces.count(" shelf 1") == 2 and " shelf 10" in pieces and pieces.count(" pen 2") == 2
+    assert len(ids) < 0.8 * len(plain(text, add_special_tokens=False).input_ids)
+    # every text round-trips, whatever the numbers (" shelf 41" is past the range: split, still exact)
+    assert tok.decode(ids) == text
+    chat = CHATS[0]
+    rendered = tok.apply_chat_template(chat, tokenize=False)
+    assert tok.decode(tok(rendered, add_special_tokens=False).input_ids) == rendered
+    mask = tok.apply_chat_template(chat, return_assistant_tokens_mask=True, return_dict=True)
+    answer = tok.decode([i for i, m in zip(mask["input_ids"], mask["assistant_masks"]) if m])
+    assert "<action>take mug 2 from countertop 1</action>" in answer

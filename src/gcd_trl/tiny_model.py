@@ -131,15 +131,38 @@ def train_tokenizer(vocab_size: int = 4096, corpus: str | Path | None = None):
     return wrapped
 
 
-def make_config(vocab_size: int, hidden_size: int, num_layers: int, pad_id: int, eos_id: int):
-    """A small Qwen2 config: head dim 64, 2:1 grouped-query attention, MLP 4x hidden, tied embeddings."""
+# ALFWorld names a thing by its type and a number ("shelf 1", "pen 2"); as one token each, a tiny model
+# copies an object from the admissible list in one step instead of binding a number to a noun, and its
+# prompts get ~20% shorter (docs/sft.md measures the cold start with and without).
+ENTITY_MAX_NUMBER = {"receptacle": 40, "object": 12}
+
+
+def entity_tokens() -> list[str]:
+    """' <type> <n>' for every ALFWorld object and receptacle type (the leading space included, so an
+    entity keeps the word boundary before it; a longer number wins: ' shelf 10' is not ' shelf 1' + '0')."""
+    import alfworld.gen.constants as constants
+
+    receptacles = {r.lower() for r in constants.RECEPTACLES}
+    names = sorted({o.lower() for o in constants.OBJECTS} | receptacles)
+    return [
+        f" {name} {n}"
+        for name in names
+        for n in range(1, ENTITY_MAX_NUMBER["receptacle" if name in receptacles else "object"] + 1)
+    ]
+
+
+def make_config(
+    vocab_size: int, hidden_size: int, num_layers: int, pad_id: int, eos_id: int, intermediate_size: int = 0
+):
+    """A small Qwen2 config: head dim 64, 2:1 grouped-query attention, MLP 4x hidden unless
+    `intermediate_size` says otherwise, tied embeddings."""
     from transformers import Qwen2Config
 
     heads = max(1, hidden_size // 64)
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2),
@@ -159,12 +182,15 @@ def build_tiny_model(
     num_layers: int = 4,
     vocab_size: int = 4096,
     corpus: str | Path | None = None,
+    with_entity_tokens: bool = False,
+    intermediate_size: int = 0,
 ) -> Path:
     """Write tokenizer, config, generation config and random weights to `out_dir`; returns it.
 
     `AutoTokenizer.from_pretrained(out_dir)` and `AutoModelForCausalLM.from_pretrained(out_dir)` load it.
     The model's vocabulary is the tokenizer's actual size (at most `vocab_size`, see `train_tokenizer`);
-    `seed` changes the weights only.
+    `seed` changes the weights only. `with_entity_tokens` adds one token per ALFWorld entity
+    (`entity_tokens()`), on top of the `vocab_size` bound.
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -175,9 +201,15 @@ def build_tiny_model(
     if num_layers <= 0:
         raise ValueError(f"num_layers must be positive, got {num_layers}")
     tokenizer = train_tokenizer(vocab_size, corpus)
+    if with_entity_tokens:
+        from tokenizers import AddedToken
+
+        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in entity_tokens()])
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
-    config = make_config(len(tokenizer), hidden_size, num_layers, pad_id, eos_id)
+    if intermediate_size < 0:
+        raise ValueError(f"intermediate_size must be positive (0: 4 x hidden_size), got {intermediate_size}")
+    config = make_config(len(tokenizer), hidden_size, num_layers, pad_id, eos_id, intermediate_size)
 
     rng_state = torch.random.get_rng_state()
     try:

@@ -1,7 +1,7 @@
 """`gcd-trl data ...`: build the SFT datasets (data/README.md lists them all).
 
     gcd-trl data agent-sft --environment alfworld --games DIR --output_dir DIR
-        [--prompt_template alfworld_compact] [--think short] [--recovery_episodes 1] [--oversample_max 4]
+        [--prompt_template alfworld_compact] [--think short] [--recovery_episodes 1]
         [--workers 2] [--tokenizer MODEL_DIR]
     gcd-trl data agent-sft --environment scienceworld --split L0 --max_tasks 300 --output_dir DIR
     gcd-trl data agent-sft --rl_config configs/rl/tiny_alfworld_gigpo_sft.yaml --games DIR --output_dir DIR
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ENVS = ("alfworld", "scienceworld")
-PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish")
+PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish", "absent")
 
 
 class ArgError(ValueError):

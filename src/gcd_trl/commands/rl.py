@@ -240,7 +240,8 @@ def build_trainer(train_args, env_args, gcd_args, model_args, tasks):
     from gcd_trl.ppo import trainer_class  # AgentGRPOTrainer; PPO (gae); NTHR / value head: token-level
 
     if train_args.use_cpu or not torch.cuda.is_available():
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(threads) if threads.isdigit() else max(1, min(2, os.cpu_count() or 1)))
     else:
         # cuDNN's fused attention returns NaN for the fully masked rows of left-padded prompts in bf16,
         # and its backward turns them into NaN gradients (seen on an H100, torch 2.11): use the other

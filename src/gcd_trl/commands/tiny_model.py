@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_alias(p, "--hidden-size", dest="hidden_size", type=int)
     p.add_argument("--num_hidden_layers", type=int, default=4, help="Number of decoder layers.")
     add_alias(p, "--num-layers", "--num_layers", dest="num_hidden_layers", type=int)
+    p.add_argument("--intermediate_size", type=int, default=0, help="MLP width (0: 4 x hidden size).")
+    add_alias(p, "--intermediate-size", dest="intermediate_size", type=int)
     p.add_argument(
         "--vocab_size",
         type=int,
@@ -45,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="Train the tokenizer on this .txt/.txt.gz file instead of the packaged corpus.",
     )
+    p.add_argument(
+        "--entity_tokens",
+        action="store_true",
+        help="One token per ALFWorld entity (' shelf 1', ' pen 2'): shorter prompts, and a tiny model "
+        "learns to copy admissible actions sooner (docs/sft.md).",
+    )
+    add_alias(p, "--entity-tokens", dest="entity_tokens", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -79,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             num_layers=args.num_hidden_layers,
             vocab_size=args.vocab_size,
             corpus=args.corpus,
+            with_entity_tokens=args.entity_tokens,
+            intermediate_size=args.intermediate_size,
         )
     except (OSError, ValueError) as err:
         return _error(str(err))

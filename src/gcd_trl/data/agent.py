@@ -12,7 +12,9 @@ prompts RL will show. Per task:
   path); every step is a row.
 - `recovery_episodes` **recovery episodes** (DAgger-style): a perturbed policy plays (with probability
   `perturb_prob` a step is a mistake: an irrelevant admissible action, a repeat of the last action, a
-  malformed output, or a premature "the task is done"), and every state it reaches is a row labelled
+  malformed output, a premature "the task is done", or an absent thing: the expert's action naming a
+  receptacle type the room lacks, which a model imitating object priors writes), and every state it
+  reaches is a row labelled
   with the expert's action in that state. So the model sees "Nothing happens." and histories with
   mistakes, and learns to leave them. The expert must answer in states off its own path: ALFWorld's
   does; ScienceWorld's gold path only survives malformed outputs (the env is not stepped), so only
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -45,7 +48,7 @@ from gcd_trl.rollout.episode import UNKNOWN_COMMAND, Episode
 
 from .rationale import THINK_STYLES, Rationales
 
-PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish")
+PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish", "absent")
 # perturbations after which the ScienceWorld gold path still holds (the env is not stepped)
 ENV_STEPPING_FREE = ("invalid",)
 EXPERT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}
@@ -167,6 +170,11 @@ def _perturb(
                 action, task_description=ep.task_description, step=step
             )
         return None
+    if kind == "absent" and admissible:
+        action = _absent_entity_action(rng, expert, admissible)
+        if action is not None:
+            return kind, rationales.completion(action, task_description=ep.task_description, step=step)
+        return None
     if kind == "premature_finish" and admissible:
         noop = [a for a in _NO_OP if a in admissible and a != expert]
         return (kind, rationales.premature_finish(noop[0])) if noop else None
@@ -175,6 +183,36 @@ def _perturb(
         tag = "monitor" if ep.meta_reasoning else "think"
         return kind, f"<{tag}>I should {expert}.</{tag}>"
     return None
+
+
+_ENTITY = re.compile(r"\b([a-z]+) (\d+)\b")
+
+
+def _absent_entity_action(rng: random.Random, expert: str, admissible: Sequence[str]) -> str | None:
+    """The expert's action with its first thing swapped for one of a type this room does not have (what a
+    policy imitating object priors writes: "go to sofa 1" in a room without a sofa). ALFWorld answers
+    "Nothing happens.", and the recovery rows after it teach the way back to the admissible list."""
+    match = _ENTITY.search(expert)
+    if match is None:
+        return None
+    present = {m.group(1) for a in admissible for m in _ENTITY.finditer(a)}
+    receptacles, objects = _alfworld_type_names()
+    pool = (
+        receptacles if match.group(1) in receptacles else objects
+    )  # a place for a place, a thing for a thing
+    absent = [name for name in pool if name not in present]
+    if not absent:
+        return None
+    return f"{expert[: match.start()]}{rng.choice(absent)} 1{expert[match.end() :]}"
+
+
+def _alfworld_type_names() -> tuple[list[str], list[str]]:
+    """ALFWorld's receptacle types and its other object types, lower case as the game text writes them."""
+    import alfworld.gen.constants as constants
+
+    receptacles = sorted({r.lower() for r in constants.RECEPTACLES})
+    objects = sorted({o.lower() for o in constants.OBJECTS} - set(receptacles))
+    return receptacles, objects
 
 
 def _play(

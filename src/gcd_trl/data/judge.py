@@ -48,6 +48,7 @@ ADVICE = {
     "repeat": "Never repeat an action that did not change the state; pick a different admissible action.",
     "irrelevant": "Choose actions that bring you closer to the objects and places the task names.",
     "premature_finish": "Check that every part of the task is done before concluding; until then keep acting.",
+    "absent": "Only name objects and places that appear in the observation or the admissible actions.",
     "invalid": "Always answer with your reasoning and exactly one admissible action inside <action></action>.",
     "loop": "When you come back to a state you have already seen, try something you have not tried there.",
     "good": "Keep each action aimed at the next unmet part of the task and avoid revisiting places.",
@@ -133,6 +134,8 @@ def template_critique(record: Mapping[str, Any], label: int, reason: str) -> str
         think = f"'{action}' does not help with the task ({goal})."
     elif reason == "premature_finish":
         think = f"The agent believes the task is done, but it is not solved yet ({goal}); '{action}' does nothing."
+    elif reason == "absent":
+        think = f"'{action}' names something this room does not have; nothing happens."
     elif reason == "invalid":
         think = "The answer has no valid action block, so nothing happens in the environment."
     else:

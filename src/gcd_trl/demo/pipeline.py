@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class Budget:
 
     train_games: int = 100
     heldout_games: int = 30
-    sft_minutes: float = 6.0
+    sft_minutes: float = 5.0
     rounds: int = 3
     tasks_per_round: int = 2
     num_generations: int = 4
@@ -73,6 +74,17 @@ class Budget:
         )
 
 
+def _last_line(log: Path, width: int = 90) -> str:
+    """The last non-empty line of a log (progress bars end lines with carriage returns)."""
+    try:
+        text = log.read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return ""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # tqdm's cursor moves between nested bars
+    parts = [p.strip() for p in text.replace("\r", "\n").splitlines() if p.strip()]
+    return parts[-1][:width] if parts else ""
+
+
 class StageError(RuntimeError):
     """A stage's command failed: names the stage, the command and its exit code."""
 
@@ -80,10 +92,11 @@ class StageError(RuntimeError):
 class Demo:
     def __init__(self, out: Path, budget: Budget, data: Path | None = None) -> None:
         self.out, self.budget = out, budget
-        self.data = data or (out / "data" if budget.train_games < 100 else ROOT / "data")
+        self.data = data or out / "data"  # its own games and rows: `make data` keeps the defaults
         self.stages_dir = out / "stages"
         self.configs = out / "configs"
         self.ran: list[dict[str, Any]] = []
+        self.group_walls: list[float] = []  # wall time of each side-by-side group (its stages overlap)
 
     # ---- running stages ---------------------------------------------------------------------------
     def stage(self, name: str, commands: list[list[str]], done_when: Path | None = None) -> None:
@@ -116,6 +129,65 @@ class Demo:
         self.ran.append(record)
         print(f"=== {name}: {wall:.0f} s", flush=True)
 
+    def parallel(self, stages: list[tuple[str, list[str], Path]], width: int = 2) -> None:
+        """Independent one-command stages, `width` at a time, one torch thread each: two small-model
+        processes on 2 cores finish sooner side by side than one after the other with 2 threads each.
+        Each stage logs to OUT/logs/; a heartbeat shows where each one is."""
+        todo = []
+        for name, cmd, done_when in stages:
+            marker = self.stages_dir / f"{name}.json"
+            if marker.is_file() and done_when.exists():
+                self.stage(name, [cmd], done_when)  # reports the reuse
+            else:
+                todo.append((name, cmd))
+        if not todo:
+            return
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+        t_group = time.perf_counter()
+        running: dict[str, tuple[subprocess.Popen, float, Path, list[str]]] = {}
+        failed: list[str] = []
+        last_beat = time.perf_counter()
+        while todo or running:
+            while todo and len(running) < width and not failed:
+                name, cmd = todo.pop(0)
+                log = logs / (re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") + ".log")
+                print(f"\n=== {name} (side by side, 1 thread; log: {log.relative_to(self.out)})", flush=True)
+                print("$ " + shown(cmd), flush=True)
+                handle = log.open("w")
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+                handle.close()
+                running[name] = (proc, time.perf_counter(), log, cmd)
+            if not running:
+                break
+            time.sleep(1.0)
+            for name, (proc, t0, log, cmd) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[name]
+                wall = time.perf_counter() - t0
+                if code != 0:
+                    print(f"=== {name}: FAILED (exit {code}); last lines of {log}:", flush=True)
+                    print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), flush=True)
+                    failed.append(f"stage '{name}' failed: exit {code} from: {' '.join(cmd)} (log: {log})")
+                    continue
+                record = {"stage": name, "commands": [shown(cmd)], "wall_s": wall, "side_by_side": True}
+                self.stages_dir.mkdir(parents=True, exist_ok=True)
+                (self.stages_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+                self.ran.append({**record, "reused": False})
+                print(f"=== {name}: {wall:.0f} s", flush=True)
+            if running and time.perf_counter() - last_beat > 30:
+                last_beat = time.perf_counter()
+                for name, (_, t0, log, _) in running.items():
+                    tail = _last_line(log)
+                    print(f"  ... {name}: {time.perf_counter() - t0:.0f} s  {tail}", flush=True)
+        if failed:
+            raise StageError(failed[0])
+        self.group_walls.append(time.perf_counter() - t_group)
+
     def gcd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "gcd_trl", *args]
 
@@ -140,7 +212,7 @@ class Demo:
         model = out / "tiny-model"
         self.stage(
             "1a tiny model",
-            [self.gcd("tiny-model", "--out", str(model), "--overwrite")],
+            [self.gcd("tiny-model", "--out", str(model), "--overwrite", "--entity_tokens")],
             model / "config.json",
         )
         make = [
@@ -196,9 +268,11 @@ class Demo:
         )
         runs = {"RL (GiGPO)": out / "rl_gigpo", "RL+GCD (GiGPO)": out / "rl_gigpo_gcd"}
         base = "configs/rl/tiny_alfworld_gigpo_sft.yaml"
+        rl_stages = []
         for (label, run_dir), extra in zip(runs.items(), ({}, gcd_keys)):
             cfg = self.write_config(run_dir.name, base, output_dir=str(run_dir), **rl_common, **extra)
-            self.stage(f"3 {label}", [self.gcd("rl", "--config", str(cfg))], run_dir / "config.json")
+            rl_stages.append((f"3 {label}", self.gcd("rl", "--config", str(cfg)), run_dir / "config.json"))
+        self.parallel(rl_stages)
 
         heldout = str(data / "alfworld" / "games" / "heldout")
         ev_common = dict(
@@ -219,12 +293,14 @@ class Demo:
             **{label: {"policy": "model", "model_name_or_path": str(d)} for label, d in runs.items()},
         }
         eval_dirs = {}
+        eval_stages = []
         for label, keys in policies.items():
             slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
             d = out / "eval" / slug
             eval_dirs[label] = d
             cfg = self.write_yaml(f"eval_{slug}", {**ev_common, **keys, "label": label, "output_dir": str(d)})
-            self.stage(f"4 eval {label}", [self.gcd("eval", "--config", str(cfg))], d / "report.json")
+            eval_stages.append((f"4 eval {label}", self.gcd("eval", "--config", str(cfg)), d / "report.json"))
+        self.parallel(eval_stages)
         sw = out / "eval" / "scienceworld_expert"
         sw_cfg = self.write_yaml(
             "eval_scienceworld_expert",
@@ -250,6 +326,14 @@ class Demo:
         return path
 
 
+def _forget_rl_and_eval(out: Path) -> None:
+    """Drop what depends on the RL budget: the RL runs, the evaluations and their stage markers."""
+    for marker in (out / "stages").glob("[34] *.json"):
+        marker.unlink()
+    for path in (out / "rl_gigpo", out / "rl_gigpo_gcd", out / "eval"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gcd-trl demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("DEMO_OUT", "runs/demo"), help="Run folder.")
@@ -273,8 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and out.exists():
         print(f"demo: FRESH=1, removing {out}", flush=True)
         shutil.rmtree(out)
-    elif (out / "budget.json").is_file() and not args.small and not args.rounds:
-        budget = Budget(**json.loads((out / "budget.json").read_text()))  # a rerun keeps the run's budget
+    elif (out / "budget.json").is_file() and not args.small:
+        saved = Budget(**json.loads((out / "budget.json").read_text()))  # a rerun keeps the run's budget
+        if args.rounds and args.rounds != saved.rounds:
+            print(f"demo: ROUNDS={args.rounds} (was {saved.rounds}): RL and evaluation run again", flush=True)
+            _forget_rl_and_eval(out)
+        budget = replace(saved, rounds=args.rounds or saved.rounds)
     out.mkdir(parents=True, exist_ok=True)
     (out / "budget.json").write_text(json.dumps(asdict(budget), indent=2))
     t0 = time.perf_counter()
