@@ -325,11 +325,12 @@ def test_bad_tokenizer_fails_before_any_episode(tasks, tmp_path, capsys):
 def test_absent_perturbation_names_a_receptacle_type_the_room_lacks():
     import random
 
-    from gcd_trl.data.agent import _absent_entity_action, _alfworld_type_names
+    from gcd_trl.data.agent import _absent_entity_action
+    from gcd_trl.envs.alfworld import type_names
 
     admissible = ["go to shelf 1", "go to drawer 2", "take pen 2 from shelf 1", "look"]
     rng = random.Random(0)
-    receptacles, objects = _alfworld_type_names()
+    receptacles, objects = type_names()
     for _ in range(20):
         action = _absent_entity_action(rng, "take pen 2 from shelf 1", admissible)
         assert action.endswith(" 1 from shelf 1") and action.startswith("take ")

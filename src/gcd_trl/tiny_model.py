@@ -140,13 +140,12 @@ ENTITY_MAX_NUMBER = {"receptacle": 40, "object": 12}
 def entity_tokens() -> list[str]:
     """' <type> <n>' for every ALFWorld object and receptacle type (the leading space included, so an
     entity keeps the word boundary before it; a longer number wins: ' shelf 10' is not ' shelf 1' + '0')."""
-    import alfworld.gen.constants as constants
+    from gcd_trl.envs.alfworld import type_names
 
-    receptacles = {r.lower() for r in constants.RECEPTACLES}
-    names = sorted({o.lower() for o in constants.OBJECTS} | receptacles)
+    receptacles, objects = type_names()
     return [
         f" {name} {n}"
-        for name in names
+        for name in sorted(receptacles + objects)
         for n in range(1, ENTITY_MAX_NUMBER["receptacle" if name in receptacles else "object"] + 1)
     ]
 

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gcd_trl.envs.alfworld import type_names
 from gcd_trl.envs.base import EnvSpec, Task, TextEnv, make_env
 from gcd_trl.prompts import default_agent_template, load_template
 from gcd_trl.rollout.collector import resolve_history
@@ -196,7 +197,7 @@ def _absent_entity_action(rng: random.Random, expert: str, admissible: Sequence[
     if match is None:
         return None
     present = {m.group(1) for a in admissible for m in _ENTITY.finditer(a)}
-    receptacles, objects = _alfworld_type_names()
+    receptacles, objects = type_names()
     pool = (
         receptacles if match.group(1) in receptacles else objects
     )  # a place for a place, a thing for a thing
@@ -204,15 +205,6 @@ def _absent_entity_action(rng: random.Random, expert: str, admissible: Sequence[
     if not absent:
         return None
     return f"{expert[: match.start()]}{rng.choice(absent)} 1{expert[match.end() :]}"
-
-
-def _alfworld_type_names() -> tuple[list[str], list[str]]:
-    """ALFWorld's receptacle types and its other object types, lower case as the game text writes them."""
-    import alfworld.gen.constants as constants
-
-    receptacles = sorted({r.lower() for r in constants.RECEPTACLES})
-    objects = sorted({o.lower() for o in constants.OBJECTS} - set(receptacles))
-    return receptacles, objects
 
 
 def _play(

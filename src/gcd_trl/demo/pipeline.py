@@ -117,16 +117,14 @@ class Demo:
             code = subprocess.call(cmd, cwd=ROOT, env=env)
             if code != 0:
                 raise StageError(f"stage '{name}' failed: exit {code} from: {' '.join(cmd)}")
-        wall = time.perf_counter() - t0
-        record = {
-            "stage": name,
-            "commands": [shown(c) for c in commands],
-            "wall_s": wall,
-        }
+        self._finished(name, commands, time.perf_counter() - t0)
+
+    def _finished(self, name: str, commands: list[list[str]], wall: float, **extra: Any) -> None:
+        """Leave the stage's marker (a rerun skips it) and record it for the report."""
+        record = {"stage": name, "commands": [shown(c) for c in commands], "wall_s": wall, **extra}
         self.stages_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(record, indent=2))
-        record["reused"] = False
-        self.ran.append(record)
+        (self.stages_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+        self.ran.append({**record, "reused": False})
         print(f"=== {name}: {wall:.0f} s", flush=True)
 
     def parallel(self, stages: list[tuple[str, list[str], Path]], width: int = 2) -> None:
@@ -174,11 +172,7 @@ class Demo:
                     print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), flush=True)
                     failed.append(f"stage '{name}' failed: exit {code} from: {' '.join(cmd)} (log: {log})")
                     continue
-                record = {"stage": name, "commands": [shown(cmd)], "wall_s": wall, "side_by_side": True}
-                self.stages_dir.mkdir(parents=True, exist_ok=True)
-                (self.stages_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
-                self.ran.append({**record, "reused": False})
-                print(f"=== {name}: {wall:.0f} s", flush=True)
+                self._finished(name, [cmd], wall, side_by_side=True)
             if running and time.perf_counter() - last_beat > 30:
                 last_beat = time.perf_counter()
                 for name, (_, t0, log, _) in running.items():

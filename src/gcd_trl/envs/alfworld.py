@@ -46,6 +46,18 @@ TASK_TYPES: dict[int, str] = {
     6: "pick_two_obj_and_place",
 }
 TASK_TYPE_IDS: dict[str, int] = {name: idx for idx, name in TASK_TYPES.items()}
+
+
+@functools.cache
+def type_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """ALFWorld's receptacle types and its other object types, lower case as the game text writes them."""
+    import alfworld.gen.constants as constants
+
+    receptacles = tuple(sorted({r.lower() for r in constants.RECEPTACLES}))
+    objects = tuple(sorted({o.lower() for o in constants.OBJECTS} - set(receptacles)))
+    return receptacles, objects
+
+
 EXPERTS = ("handcoded", "planner")
 GAME_FILE = "game.tw-pddl"
 TRAJ_FILE = "traj_data.json"
