@@ -10,7 +10,8 @@ expert's history) scored as admissible / the expert's action. docs/sft.md quotes
         data/alfworld/agent_sft_alfworld_compact/train.jsonl /tmp/ho/train.jsonl /tmp NAME lr=0.0005 minutes=2,4
 
 Keys: loss (assistant|full|mixed), lr, batch, hist (history pairs kept), oversample (0: drop copies),
-sched (const|cos), types (task types, e.g. pick_and_place+look_at_obj), bf16, save (a folder for the model).
+sched (const|cos), types (task types, e.g. pick_and_place+look_at_obj), bf16, save (a folder for the model;
+with save_each=1 one model per evaluation point, in SAVE/NAME_<tokens>M, for closed-loop evals of each).
 """
 
 import json
@@ -68,6 +69,7 @@ def main():
         bf16=1,
         minutes="",
         save="",
+        save_each=0,
     )
     for kv in sys.argv[6:]:
         k, v = kv.split("=")
@@ -167,6 +169,8 @@ def main():
             adm, ex, samples = evaluate(model, tok, ho_path, cfg["hist"], keep)
             results.append((round(train_time), tokens, s + 1, round(float(loss), 3), adm, ex))
             print(name, tokens, s + 1, adm, ex, samples if not checkpoints else "", flush=True)
+            if cfg["save"] and cfg["save_each"]:
+                _save(model, tok, f"{cfg['save']}/{name}_{tokens / 1e6:.1f}M")
             if not checkpoints:
                 break
     print(
@@ -181,11 +185,17 @@ def main():
         ),
         flush=True,
     )
-    if cfg["save"]:
-        model.save_pretrained(cfg["save"])
-        tok.save_pretrained(cfg["save"])
+    if cfg["save"] and not cfg["save_each"]:
+        _save(model, tok, cfg["save"])
     with open(f"{out_dir}/{name}.json", "w") as f:
         f.write(json.dumps(dict(name=name, **cfg, results=results)) + "\n")
+
+
+def _save(model, tok, path):
+    """Weights in bf16 (half the bytes: small enough to copy back from a GPU machine), loadable as usual."""
+    state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in model.state_dict().items()}
+    model.save_pretrained(path, state_dict=state)
+    tok.save_pretrained(path)
 
 
 def evaluate(model, tok, ho_path, hist, keep):

@@ -20,6 +20,7 @@ ROLLOUT_METRICS = (
     "rollout/success_rate",
     "rollout/episode_length",
     "rollout/invalid_rate",
+    "rollout/inadmissible_rate",
     "rollout/repeated_action_rate",
     "rollout/samples",
     "rollout/tokens",
@@ -183,6 +184,7 @@ def check_rounds(trainer, rounds, episodes_per_round):
         assert 1 <= h["rollout/episode_length"] <= 3
         assert h["rollout/samples"] >= episodes_per_round
         assert 0.0 <= h["rollout/invalid_rate"] <= 1.0
+        assert 0.0 <= h["rollout/inadmissible_rate"] <= 1.0 - h["rollout/invalid_rate"] + 1e-9
         assert h["advantages/min"] - 1e-9 <= h["advantages/mean"] <= h["advantages/max"] + 1e-9
         assert h["time/generation"] > 0 and h["time/backward"] > 0
         assert h["rollout/aborted_episodes"] == 0
@@ -239,6 +241,8 @@ def test_scripted_rounds_each_estimator(tiny_model_dir, alfworld_tasks, alfworld
     rows = metric_rows(trainer)
     assert any(h["advantages/std"] > 0 for h in rows)
     assert any(h["rollout/invalid_rate"] > 0 for h in rows)
+    off_list = sum(s.record.valid and s.record.admissible is False for s in samples)
+    assert rows[0]["rollout/inadmissible_rate"] == pytest.approx(off_list / len(samples))
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters())), "no update"
     # the round's step records are on disk with their advantages, as `gcd-trl advantages` reads them
     dumped = [json.loads(line) for f in sorted((tmp_path / "rollouts").glob("*.jsonl")) for line in f.open()]

@@ -947,6 +947,7 @@ class AgentGRPOTrainer(GRPOTrainer):
                 sum(e.aborted for e in eps),
                 len(samples),
                 sum(not s.record.valid for s in samples),
+                sum(s.record.valid and s.record.admissible is False for s in samples),
                 sum(s.repeated for s in samples),
                 sum(s.truncated for s in samples),
                 sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples),
@@ -973,6 +974,7 @@ class AgentGRPOTrainer(GRPOTrainer):
             aborted,
             n,
             invalid,
+            inadmissible,
             repeated,
             truncated,
             tokens,
@@ -991,6 +993,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         m["rollout/pool_restarts"].append(restarts)
         m["rollout/samples"].append(n)
         m["rollout/invalid_rate"].append(invalid / max(n, 1))
+        m["rollout/inadmissible_rate"].append(inadmissible / max(n, 1))  # well-formed, not on the list
         m["rollout/repeated_action_rate"].append(repeated / max(n, 1))
         m["rollout/truncated_rate"].append(truncated / max(n, 1))
         m["rollout/tokens"].append(tokens)

@@ -13,7 +13,7 @@ OUT/stages/ and is skipped on the next run, so a second `make demo` reuses what 
 4. evaluation of random, expert, SFT and both RL checkpoints on the same held-out games, and the
    ScienceWorld expert on a few variations;
 5. OUT/report.md: what ran, the results in Table 1's layout with 95% intervals, per-type success,
-   invalid-action rates, training curves and result plots (PNG).
+   malformed and not-admissible output rates, training curves and result plots (PNG).
 `--small` (DEMO_SMALL=1) shrinks every stage for the test suite; `--rounds` sets the RL budget.
 """
 

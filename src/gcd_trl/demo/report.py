@@ -19,7 +19,8 @@ from gcd_trl.analysis.plotting import pyplot, save_png
 CURVES = (
     ("success rate (rollouts)", ("rollout/success_rate",)),
     ("episode length", ("rollout/episode_length",)),
-    ("invalid-action rate", ("rollout/invalid_rate",)),
+    ("malformed-output rate", ("rollout/invalid_rate",)),
+    ("not-admissible rate (well-formed)", ("rollout/inadmissible_rate",)),
     ("loss", ("loss",)),
     ("judge accuracy: good / bad steps", ("judge/accuracy_good", "judge/accuracy_bad")),
     ("judge share of tokens", ("judge/token_share",)),
@@ -89,7 +90,7 @@ def plot_training_curves(runs: Mapping[str, str | Path], out_dir: str | Path) ->
 
 
 def plot_results(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
-    """Held-out success per policy with 95% intervals, and invalid-action rates."""
+    """Held-out success per policy with 95% intervals, and the outputs the env could not act on."""
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
     names = [r["label"] for r in rows]
@@ -99,9 +100,18 @@ def plot_results(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
     ax1.bar(names, rates, yerr=[lo, hi], capsize=3, color="#4c72b0")
     ax1.set_ylim(0, 1)
     ax1.set_title("held-out success (95% Wilson interval)")
-    ax2.bar(names, [r["invalid_rate"] for r in rows], color="#dd8452")
+    malformed = [r["invalid_rate"] for r in rows]
+    ax2.bar(names, malformed, color="#dd8452", label="malformed")
+    ax2.bar(
+        names,
+        [r["inadmissible_rate"] for r in rows],
+        bottom=malformed,
+        color="#c44e52",
+        label="not admissible",
+    )
     ax2.set_ylim(0, 1)
-    ax2.set_title("invalid-action rate (per step)")
+    ax2.set_title("invalid outputs (per step)")
+    ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelrotation=20)
     return save_png(fig, out)
@@ -137,6 +147,7 @@ def result_row(label: str, report: Mapping[str, Any]) -> dict[str, Any]:
         "ci": wilson(k, n),
         "mean_steps": report["mean_steps"],
         "invalid_rate": report["invalid_rate"],
+        "inadmissible_rate": report.get("inadmissible_rate") or 0.0,
         "repeated_rate": report["repeated_rate"],
         "by_type": report.get("by_type", {}),
     }
@@ -153,15 +164,21 @@ def _pct(x: float) -> str:
 def results_table(rows: Sequence[Mapping[str, Any]], column: str) -> list[str]:
     """Table 1's layout (rows = policies) for the demo's held-out split, plus the diagnostics."""
     lines = [
-        f"| policy | {column} success % | 95% interval | episodes | mean steps | invalid-action % | repeated-action % |",
-        "|---|---|---|---|---|---|---|",
+        f"| policy | {column} success % | 95% interval | episodes | mean steps | malformed % | "
+        "not admissible % | repeated-action % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['label']} | {_pct(r['success_rate'])} | {_pct(r['ci'][0])}-{_pct(r['ci'][1])} | "
             f"{r['success']}/{r['episodes']} | {r['mean_steps']:.1f} | {_pct(r['invalid_rate'])} | "
-            f"{_pct(r['repeated_rate'])} |"
+            f"{_pct(r['inadmissible_rate'])} | {_pct(r['repeated_rate'])} |"
         )
+    lines += [
+        "",
+        "Rates are per step: *malformed* outputs have no parsable action; *not admissible* ones name an action "
+        'that is not on the step\'s admissible list (the env answers "Nothing happens.").',
+    ]
     return lines
 
 

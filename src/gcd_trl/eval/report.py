@@ -130,7 +130,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     extra = [f"pass@{k[5:]} {_pct(v)}%" for k, v in report.items() if k.startswith("pass@")]
     out += [
         f"Success {report['success']}/{report['episodes']} ({_pct(report['success_rate'])}%), mean steps "
-        f"{_num(report['mean_steps'])}, invalid-action rate {_pct(report['invalid_rate'])}%, repeated-action "
+        f"{_num(report['mean_steps'])}, malformed-output rate {_pct(report['invalid_rate'])}%, not-admissible "
+        f"rate {_pct(report.get('inadmissible_rate'))}%, repeated-action "
         f"rate {_pct(report['repeated_rate'])}%, aborted episodes {report.get('aborted', 0)}"
         + (", " + ", ".join(extra) if extra else "")
         + ".",
@@ -214,15 +215,15 @@ def merge_reports(eval_dirs: Iterable[str | os.PathLike], paper: str | os.PathLi
         md += [f"Rows from {Path(paper).name}: published numbers; the others measured here.", ""]
     md += [
         "| run | policy | env | split | episodes | success | success rate | mean steps | invalid rate | "
-        "repeated rate |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "inadmissible rate | repeated rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         md.append(
             f"| {run['dir']} | {run.get('label') or run.get('policy')} | {run.get('environment')} | "
             f"{run.get('split')} | {run['episodes']}{'' if run.get('complete', True) else ' (incomplete)'} | "
             f"{run['success']} | {_pct(run['success_rate'])} | {_num(run['mean_steps'])} | "
-            f"{_pct(run['invalid_rate'])} | {_pct(run['repeated_rate'])} |"
+            f"{_pct(run['invalid_rate'])} | {_pct(run.get('inadmissible_rate'))} | {_pct(run['repeated_rate'])} |"
         )
     return {
         "rows": [{"label": label, **cells} for label, cells in paper_rows + table_rows],
