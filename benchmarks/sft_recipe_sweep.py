@@ -11,7 +11,9 @@ expert's history) scored as admissible / the expert's action. docs/sft.md quotes
 
 Keys: loss (assistant|full|mixed), lr, batch, hist (history pairs kept), oversample (0: drop copies),
 sched (const|cos), types (task types, e.g. pick_and_place+look_at_obj), bf16, save (a folder for the model;
-with save_each=1 one model per evaluation point, in SAVE/NAME_<tokens>M, for closed-loop evals of each).
+with save_each=1 one model per evaluation point, in SAVE/NAME_<tokens>M, for closed-loop evals of each),
+adm_w (weight of an extra loss, -log P(any admissible continuation), on the action's tokens: a trie over the
+prompt's action list; and on the think's entity tokens: the list's entities; 0: off).
 """
 
 import json
@@ -70,6 +72,7 @@ def main():
         minutes="",
         save="",
         save_each=0,
+        adm_w=0.0,
     )
     for kv in sys.argv[6:]:
         k, v = kv.split("=")
@@ -77,6 +80,7 @@ def main():
     checkpoints = [int(x) for x in cfg["evals"].split(",")]
     mins = [float(x) for x in cfg["minutes"].split(",") if x]
     train_time = 0.0
+    by_time = bool(mins)
     cfg["budget"] = max(checkpoints)
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
@@ -89,6 +93,7 @@ def main():
     if not cfg["oversample"]:
         rows = [r for r in rows if not r.get("oversampled")]
     enc = []
+    ent_ids = entity_token_ids(tok)
     for r in rows:
         msgs = [
             {"role": "user", "content": set_history(r["messages"][0]["content"], cfg["hist"])},
@@ -97,7 +102,8 @@ def main():
         out = tok.apply_chat_template(
             msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
-        enc.append((out["input_ids"], out["assistant_masks"]))
+        allowed = admissible_targets(tok, r, out["input_ids"], ent_ids) if cfg["adm_w"] else []
+        enc.append((out["input_ids"], out["assistant_masks"], allowed))
     mean_len = sum(len(e[0]) for e in enc) / len(enc)
     steps = int(cfg["budget"] / (mean_len * cfg["batch"]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.0)
@@ -135,8 +141,10 @@ def main():
         ids = torch.zeros(len(b), width, dtype=torch.long)
         att = torch.zeros(len(b), width, dtype=torch.long)
         amask = torch.zeros(len(b), width)
+        cpos = []
         for j, i in enumerate(b):
-            x, m = enc[i]
+            x, m, cons = enc[i]
+            cpos += [(j, pos, ids_ok) for pos, ids_ok in cons]
             ids[j, : len(x)] = torch.tensor(x)
             att[j, : len(x)] = 1
             amask[j, : len(x)] = torch.tensor(m, dtype=torch.float)
@@ -155,6 +163,12 @@ def main():
         else:  # mixed: assistant mean + prompt_w * prompt mean
             p = valid - a
             loss = (nll * a).sum() / a.sum() + cfg["prompt_w"] * (nll * p).sum() / p.sum()
+        if cpos:  # -log P(any admissible continuation) at the constrained positions
+            lg = logits[[c[0] for c in cpos], [c[1] for c in cpos]]
+            mask = torch.full_like(lg, float("-inf"))
+            for k, c in enumerate(cpos):
+                mask[k, c[2]] = 0.0
+            loss = loss + cfg["adm_w"] * (torch.logsumexp(lg, -1) - torch.logsumexp(lg + mask, -1)).mean()
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
         opt.zero_grad()
@@ -162,10 +176,11 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         train_time += time.time() - ts
-        hit = (mins and train_time >= mins[0] * 60) or (not mins and checkpoints and tokens >= checkpoints[0])
+        pending = mins if by_time else checkpoints
+        hit = pending and (train_time >= pending[0] * 60 if by_time else tokens >= pending[0])
         if hit:
-            (mins or checkpoints).pop(0)
-            checkpoints = mins if mins else checkpoints
+            pending.pop(0)
+            checkpoints = pending
             adm, ex, samples = evaluate(model, tok, ho_path, cfg["hist"], keep)
             results.append((round(train_time), tokens, s + 1, round(float(loss), 3), adm, ex))
             print(name, tokens, s + 1, adm, ex, samples if not checkpoints else "", flush=True)
@@ -189,6 +204,41 @@ def main():
         _save(model, tok, cfg["save"])
     with open(f"{out_dir}/{name}.json", "w") as f:
         f.write(json.dumps(dict(name=name, **cfg, results=results)) + "\n")
+
+
+def entity_token_ids(tok) -> set[int]:
+    """The ids of the tiny model's entity tokens (" shelf 1"), if its tokenizer has them."""
+    from gcd_trl.tiny_model import entity_tokens
+
+    vocab = tok.get_vocab()
+    return {vocab[e] for e in entity_tokens() if e in vocab}
+
+
+def admissible_targets(tok, row, ids, entity_ids):
+    """(logit position, allowed next-token ids) for adm_w: along the expert's action, every token that
+    continues some admissible action (a trie over the prompt's list); in the think, any entity token of
+    the list where the expert's think names an entity. [] where the row does not fit (no tags)."""
+    line = [ln for ln in row["messages"][0]["content"].split("\n") if ln.startswith("Actions: ")][0]
+    actions = [a.strip("'") for a in line[len("Actions: ") :].split("', '")]
+    open_a, close_a, open_t = tok.convert_tokens_to_ids(["<action>", "</action>", "<think>"])
+    try:
+        start, end, think = (len(ids) - 1 - ids[::-1].index(t) for t in (open_a, close_a, open_t))
+    except ValueError:
+        return []
+    expert = ids[start + 1 : end]
+    cands = [tok(a, add_special_tokens=False)["input_ids"] for a in actions]
+    out = []
+    for j in range(len(expert) + 1):
+        allowed = {c[j] for c in cands if len(c) > j and c[:j] == expert[:j]}
+        if any(c == expert[:j] for c in cands):
+            allowed.add(close_a)
+        if (expert[j] if j < len(expert) else close_a) not in allowed:
+            return []  # the expert's action is not on the list as tokenized: leave the row alone
+        if len(allowed) > 1:
+            out.append((start + j, sorted(allowed)))
+    listed = sorted({t for c in cands for t in c if t in entity_ids})
+    out += [(p - 1, listed) for p in range(think + 1, start) if ids[p] in listed and len(listed) > 1]
+    return out
 
 
 def _save(model, tok, path):

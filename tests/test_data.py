@@ -120,6 +120,50 @@ def test_agent_builder_is_deterministic_across_workers(tasks, built, tmp_path):
     ]
 
 
+def test_policy_episodes_are_replayed_and_labelled_by_the_expert(tasks, built, tmp_path):
+    """DAgger: a policy's completions (here a recovery episode's, written as `gcd-trl eval` episodes) are
+    replayed on the real engine; every state they reach is a row with the prompt the policy saw there and
+    the expert's action, and only those episodes are played."""
+    from gcd_trl.data.agent import read_policy_episodes
+
+    by_episode: dict[str, list[dict]] = {}
+    for s in built.steps:
+        by_episode.setdefault(s["episode"], []).append(s)
+    played = next(
+        v
+        for v in by_episode.values()
+        if sum(bool(s["perturbation"]) for s in v) >= 2
+        and any(not s["valid"] or s["admissible"] is False for s in v)
+    )
+    lines = [
+        {"task": played[0]["task"], "trajectory": [{"completion": s["completion"]} for s in played]},
+        {"task": "alfworld:/elsewhere/game", "trajectory": [{"completion": "<action>look</action>"}]},
+    ]
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    policy = read_policy_episodes([str(tmp_path)], [t.key for t in tasks])
+    assert list(policy) == [played[0]["task"]] and len(policy[played[0]["task"]][0]) == len(played)
+
+    cfg = AgentSFTConfig(think="short", seed=3, dedup=False, policy_completions=policy)
+    result = build_agent_sft(tasks, _env_args(), cfg, progress=False)
+    assert {r["source"] for r in result.rows} == {"policy"}
+    assert [r["messages"][0]["content"] for r in result.rows] == [s["prompt"] for s in played]
+    assert [r["action"] for r in result.rows] == [s["expert_action"] for s in played]
+    first = next(i for i, s in enumerate(played) if s["perturbation"])
+    assert [r["off_expert_path"] for r in result.rows] == [i > first for i in range(len(played))]
+    mistakes = sum(bool(s["perturbation"]) for s in played)
+    for s in result.steps:  # only what did nothing is a construction "bad" for the judge builder
+        assert s["perturbation"] == ("policy" if not s["valid"] or s["admissible"] is False else None)
+    assert any(s["perturbation"] for s in result.steps)
+    assert result.summary["policy_episodes"] == 1 and result.summary["expert_episodes"] == 0
+    assert result.summary["policy_steps_off_expert"] == mistakes
+
+    (tmp_path / "bad.jsonl").write_text('{"task": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not an episode"):
+        read_policy_episodes([str(tmp_path / "bad.jsonl")], [t.key for t in tasks])
+    with pytest.raises(ValueError, match="none of the 2 episodes is for one of the 1 selected tasks"):
+        read_policy_episodes([str(tmp_path)], [tasks[1].key if tasks[1].key != played[0]["task"] else "z"])
+
+
 def test_cli_knows_every_perturbation():
     from gcd_trl.commands import data as command
     from gcd_trl.data import agent
@@ -312,6 +356,13 @@ def test_cli_builds_agent_and_judge_data(tasks, tmp_path, capsys):
     assert jsummary["rows"] == len(load_rows(jout))
     assert _cli(["data", "judge-sft", "--steps", str(tmp_path / "no.jsonl"), "--output_dir", str(jout)]) == 2
     assert "--steps" in capsys.readouterr().err
+    bad = str(tmp_path / "no_episodes.jsonl")
+    assert (
+        _cli(["data", "agent-sft", *argv[:4], "--output_dir", str(tmp_path / "p"), "--policy_episodes", bad])
+        == 2
+    )
+    assert f"--policy_episodes {bad}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 def test_bad_tokenizer_fails_before_any_episode(tasks, tmp_path, capsys):

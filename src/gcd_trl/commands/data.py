@@ -89,6 +89,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=PERTURBATIONS,
         help="Mistakes a recovery episode makes (default: all).",
     )
+    a.add_argument(
+        "--policy_episodes",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="DAgger: a policy's episodes (`gcd-trl eval`'s episodes.jsonl on these tasks); each is replayed "
+        "and every state it reached becomes a row labelled with the expert's action.",
+    )
+    add_alias(a, "--policy-episodes", dest="policy_episodes", nargs="+")
     a.add_argument("--max_perturbations", type=int, default=4, help="Mistakes per recovery episode, at most.")
     add_alias(a, "--max-perturbations", dest="max_perturbations", type=int)
     a.add_argument(
@@ -284,6 +293,10 @@ def run_agent(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
         tasks = select_tasks(args)
+        if args.policy_episodes:
+            from gcd_trl.data.agent import read_policy_episodes
+
+            cfg.policy_completions = read_policy_episodes(args.policy_episodes, [t.key for t in tasks])
         from gcd_trl.data.io import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)

@@ -19,6 +19,10 @@ prompts RL will show. Per task:
   mistakes, and learns to leave them. The expert must answer in states off its own path: ALFWorld's
   does; ScienceWorld's gold path only survives malformed outputs (the env is not stepped), so only
   those are used there.
+- or, with `policy_completions` (`--policy_episodes`: a model's `gcd-trl eval` episodes on the same
+  games), **policy episodes** only: DAgger proper. The model's own completions are replayed, and every
+  state they reach is a row labelled with the expert's action, so the model learns to leave the mistakes
+  it makes itself (after a first cold start: a loop of "Nothing happens." it does not break).
 Then identical (prompt, action) rows are dropped (`dedup`) and rows of rare action verbs are repeated
 (`oversample_max`: verb v gets round(sqrt(n_max / n_v)) copies, at most that many).
 
@@ -31,6 +35,7 @@ so the result does not depend on `workers` (tasks are played in worker processes
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -39,6 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gcd_trl.envs.alfworld import type_names
@@ -72,6 +78,11 @@ class AgentSFTConfig:
     oversample_max: int = 1  # 1: off
     seed: int = 0
     workers: int = 1
+    # DAgger on a policy's own mistakes: per task key, episodes of completions a policy wrote (e.g. an
+    # eval's episodes.jsonl of the model being trained, on the training games). Each is replayed and every
+    # state it reaches becomes a row labelled with the expert's action there. When set, only these
+    # episodes are played (mix the rows with the expert data in the SFT config).
+    policy_completions: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.think not in THINK_STYLES:
@@ -141,6 +152,41 @@ def make_episode(ctx: _Context, task: Task, first, traj: int, max_steps: int) ->
     )
 
 
+def read_policy_episodes(paths: Sequence[str], task_keys: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Per task key, the completions of each episode in `gcd-trl eval` episodes.jsonl files (`task` and
+    `trajectory[i].completion`). Bad lines name the file and line; episodes of other tasks are an error
+    only when none matches (`--games` and the eval's `data_dir` must be the same games)."""
+    wanted = set(task_keys)
+    out: dict[str, list[list[str]]] = {}
+    seen = 0
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "episodes.jsonl"
+        if not p.is_file():
+            raise FileNotFoundError(f"--policy_episodes {path}: no such file")
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                ep = json.loads(line)
+                key, steps = ep["task"], [str(t["completion"]) for t in ep["trajectory"]]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"--policy_episodes {p}:{n}: not an episode with 'task' and 'trajectory[].completion' "
+                    f"({type(err).__name__}: {err})"
+                ) from None
+            seen += 1
+            if key in wanted and steps:
+                out.setdefault(key, []).append(steps)
+    if seen and not out:
+        raise ValueError(
+            f"--policy_episodes: none of the {seen} episodes is for one of the {len(wanted)} selected tasks "
+            "(play the policy on the same games: `gcd-trl eval --data_dir` = `--games`)"
+        )
+    return out
+
+
 def action_verb(action: str) -> str:
     """The first word of an action ("go" for "go to X"): the unit of oversampling."""
     return action.strip().split(" ", 1)[0].lower() if action.strip() else ""
@@ -208,11 +254,19 @@ def _absent_entity_action(rng: random.Random, expert: str, admissible: Sequence[
 
 
 def _play(
-    env: TextEnv, ctx: _Context, task: Task, task_index: int, traj: int, rationales: Rationales
+    env: TextEnv,
+    ctx: _Context,
+    task: Task,
+    task_index: int,
+    traj: int,
+    rationales: Rationales,
+    script: Sequence[str] | None = None,
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """One episode (traj 0: the expert's; traj >= 1: a recovery episode). Rows, step records, summary."""
+    """One episode (traj 0: the expert's; traj >= 1: a recovery episode, or with `script` a policy's
+    completions replayed, until they run out). Rows, step records, summary."""
     cfg = ctx.cfg
     recovery = traj > 0
+    source = "policy" if script is not None else "recovery" if recovery else "expert"
     rng = random.Random(f"agent_sft:{cfg.seed}:{task.key}:{traj}")
     kinds = [k for k in cfg.perturbations if task.env == "alfworld" or k in ENV_STEPPING_FREE]
     max_steps = cfg.expert_max_steps or EXPERT_MAX_STEPS[task.env]
@@ -220,7 +274,7 @@ def _play(
     episode_id = f"{task.key}#{traj}"
     rows, steps = [], []
     fault, perturbed = None, 0
-    while not ep.done:
+    while not ep.done and (script is None or ep.num_steps < len(script)):
         prompt = ep.prompt()
         expert = env.expert_action()
         if expert is None:
@@ -245,20 +299,26 @@ def _play(
                 "step": ep.num_steps,
                 "action": expert,
                 "verb": action_verb(expert),
-                "source": "recovery" if recovery else "expert",
+                "source": source,
                 "labeller": labeller,
                 "off_expert_path": perturbed > 0,
                 "oversampled": False,
             }
         )
         kind, completion = None, target
-        if recovery and kinds and perturbed < cfg.max_perturbations and rng.random() < cfg.perturb_prob:
+        if script is not None:
+            completion = script[ep.num_steps]
+        elif recovery and kinds and perturbed < cfg.max_perturbations and rng.random() < cfg.perturb_prob:
             mistake = _perturb(rng, ep, expert, kinds, rationales)
             if mistake is not None:
                 (kind, completion), perturbed = mistake, perturbed + 1
         sent = ep.apply(completion)
         ep.observe(env.step(sent) if sent is not None else None)
         record = ep.steps[-1].to_dict()
+        if script is not None and sent != expert:
+            perturbed += 1
+            if sent is None or record.get("admissible") is False:  # a mistake for sure: the judge's "bad"
+                kind = "policy"
         record.update(
             group=task_index,
             task=task.key,
@@ -281,7 +341,7 @@ def _play(
     summary = {
         "task": task.key,
         "episode": episode_id,
-        "source": "recovery" if recovery else "expert",
+        "source": source,
         "won": won,
         "steps": ep.num_steps,
         "perturbations": perturbed,
@@ -293,8 +353,12 @@ def _play(
 def _play_task(env: TextEnv, ctx: _Context, task: Task, index: int) -> _TaskResult:
     out = _TaskResult()
     rationales = Rationales(ctx.cfg.think, ctx.meta_reasoning, ctx.endpoint)
-    for traj in range(1 + ctx.cfg.recovery_episodes):
-        rows, steps, summary = _play(env, ctx, task, index, traj, rationales)
+    if ctx.cfg.policy_completions:  # DAgger: only the policy's episodes, numbered from 1
+        plays = [(k + 1, script) for k, script in enumerate(ctx.cfg.policy_completions.get(task.key, []))]
+    else:
+        plays = [(traj, None) for traj in range(1 + ctx.cfg.recovery_episodes)]
+    for traj, script in plays:
+        rows, steps, summary = _play(env, ctx, task, index, traj, rationales, script)
         out.episodes.append(summary)
         if summary["fault"]:
             out.faults.append(f"{summary['episode']}: {summary['fault']}")
@@ -358,6 +422,8 @@ def build_agent_sft(
 
     cfg = cfg or AgentSFTConfig()
     tasks = list(tasks)
+    if cfg.policy_completions:
+        tasks = [t for t in tasks if t.key in cfg.policy_completions]
     if not tasks:
         raise ValueError("build_agent_sft: no tasks given")
     envs = {t.env for t in tasks}
@@ -471,6 +537,7 @@ def _summary(
 ) -> dict[str, Any]:
     expert = [e for e in episodes if e["source"] == "expert"]
     recovery = [e for e in episodes if e["source"] == "recovery"]
+    policy = [e for e in episodes if e["source"] == "policy"]
     return {
         "rows": len(rows),
         "rows_by_source": dict(sorted(Counter(r["source"] for r in rows).items())),
@@ -487,6 +554,8 @@ def _summary(
         "recovery_episodes": len(recovery),
         "recovery_success": round(sum(e["won"] for e in recovery) / len(recovery), 4) if recovery else 0.0,
         "perturbations": sum(e["perturbations"] for e in recovery),
+        "policy_episodes": len(policy),
+        "policy_steps_off_expert": sum(e["perturbations"] for e in policy),
         "num_faults": len(faults),
         "faults": faults[:20],
         "wall_time_s": round(wall, 2),
