@@ -93,7 +93,7 @@ def main():
     if not cfg["oversample"]:
         rows = [r for r in rows if not r.get("oversampled")]
     enc = []
-    ent_ids = entity_token_ids(tok)
+    ent_ids = entity_token_ids(tok) if cfg["adm_w"] else set()
     for r in rows:
         msgs = [
             {"role": "user", "content": set_history(r["messages"][0]["content"], cfg["hist"])},
@@ -206,6 +206,12 @@ def main():
         f.write(json.dumps(dict(name=name, **cfg, results=results)) + "\n")
 
 
+def listed_actions(row) -> list[str]:
+    """The admissible actions a row's prompt lists (the compact template's "Actions: 'a', 'b'" line)."""
+    line = next(ln for ln in row["messages"][0]["content"].split("\n") if ln.startswith("Actions: "))
+    return [a.strip("'") for a in line[len("Actions: ") :].split("', '")]
+
+
 def entity_token_ids(tok) -> set[int]:
     """The ids of the tiny model's entity tokens (" shelf 1"), if its tokenizer has them."""
     from gcd_trl.tiny_model import entity_tokens
@@ -218,8 +224,7 @@ def admissible_targets(tok, row, ids, entity_ids):
     """(logit position, allowed next-token ids) for adm_w: along the expert's action, every token that
     continues some admissible action (a trie over the prompt's list); in the think, any entity token of
     the list where the expert's think names an entity. [] where the row does not fit (no tags)."""
-    line = [ln for ln in row["messages"][0]["content"].split("\n") if ln.startswith("Actions: ")][0]
-    actions = [a.strip("'") for a in line[len("Actions: ") :].split("', '")]
+    actions = listed_actions(row)
     open_a, close_a, open_t = tok.convert_tokens_to_ids(["<action>", "</action>", "<think>"])
     try:
         start, end, think = (len(ids) - 1 - ids[::-1].index(t) for t in (open_a, close_a, open_t))
@@ -277,8 +282,7 @@ def evaluate(model, tok, ho_path, hist, keep):
             )
         texts = tok.batch_decode(g[:, x["input_ids"].shape[1] :], skip_special_tokens=True)
         for r, t in zip(chunk, texts):
-            line = [ln for ln in r["messages"][0]["content"].split("\n") if ln.startswith("Actions: ")][0]
-            acts = [a.strip("'") for a in line[len("Actions: ") :].split("', '")]
+            acts = listed_actions(r)
             p = parse_output(t, acts)
             ok = bool(p.valid and p.action in acts)
             adm += ok

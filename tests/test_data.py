@@ -135,12 +135,15 @@ def test_policy_episodes_are_replayed_and_labelled_by_the_expert(tasks, built, t
         if sum(bool(s["perturbation"]) for s in v) >= 2
         and any(not s["valid"] or s["admissible"] is False for s in v)
     )
+    elsewhere = "alfworld:/elsewhere/game"
     lines = [
-        {"task": played[0]["task"], "trajectory": [{"completion": s["completion"]} for s in played]},
-        {"task": "alfworld:/elsewhere/game", "trajectory": [{"completion": "<action>look</action>"}]},
+        {"task": played[0]["task"], "trajectory": played},
+        {"task": elsewhere, "trajectory": [dict(played[0], task=elsewhere)]},
     ]
-    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    policy = read_policy_episodes([str(tmp_path)], [t.key for t in tasks])
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "episodes.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    policy = read_policy_episodes([str(eval_dir)], [t.key for t in tasks])
     assert list(policy) == [played[0]["task"]] and len(policy[played[0]["task"]][0]) == len(played)
 
     cfg = AgentSFTConfig(think="short", seed=3, dedup=False, policy_completions=policy)
@@ -157,11 +160,12 @@ def test_policy_episodes_are_replayed_and_labelled_by_the_expert(tasks, built, t
     assert result.summary["policy_episodes"] == 1 and result.summary["expert_episodes"] == 0
     assert result.summary["policy_steps_off_expert"] == mistakes
 
-    (tmp_path / "bad.jsonl").write_text('{"task": "x"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: not an episode"):
-        read_policy_episodes([str(tmp_path / "bad.jsonl")], [t.key for t in tasks])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "x"}\n')
+    with pytest.raises(ValueError, match=r"--policy_episodes .*bad.jsonl:1: missing field"):
+        read_policy_episodes([str(bad)], [t.key for t in tasks])
     with pytest.raises(ValueError, match="none of the 2 episodes is for one of the 1 selected tasks"):
-        read_policy_episodes([str(tmp_path)], [tasks[1].key if tasks[1].key != played[0]["task"] else "z"])
+        read_policy_episodes([str(eval_dir)], [tasks[1].key if tasks[1].key != played[0]["task"] else "z"])
 
 
 def test_cli_knows_every_perturbation():

@@ -35,7 +35,6 @@ so the result does not depend on `workers` (tasks are played in worker processes
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -44,7 +43,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gcd_trl.envs.alfworld import type_names
@@ -153,36 +151,24 @@ def make_episode(ctx: _Context, task: Task, first, traj: int, max_steps: int) ->
 
 
 def read_policy_episodes(paths: Sequence[str], task_keys: Sequence[str]) -> dict[str, list[list[str]]]:
-    """Per task key, the completions of each episode in `gcd-trl eval` episodes.jsonl files (`task` and
-    `trajectory[i].completion`). Bad lines name the file and line; episodes of other tasks are an error
-    only when none matches (`--games` and the eval's `data_dir` must be the same games)."""
+    """Per task key, the completions of each episode in step-record files (`gcd-trl eval`'s
+    episodes.jsonl, RL rollouts), in step order. Episodes of other tasks are an error only when none
+    matches (`--games` and the eval's `data_dir` must be the same games)."""
+    from gcd_trl.rollout.records import RecordFileError, group_trajectories, read_steps
+
+    try:
+        episodes = group_trajectories(read_steps(paths, kind="agent"))
+    except RecordFileError as err:
+        raise ValueError(f"--policy_episodes {err}") from None
     wanted = set(task_keys)
     out: dict[str, list[list[str]]] = {}
-    seen = 0
-    for path in paths:
-        p = Path(path)
-        if p.is_dir():
-            p = p / "episodes.jsonl"
-        if not p.is_file():
-            raise FileNotFoundError(f"--policy_episodes {path}: no such file")
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                ep = json.loads(line)
-                key, steps = ep["task"], [str(t["completion"]) for t in ep["trajectory"]]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(
-                    f"--policy_episodes {p}:{n}: not an episode with 'task' and 'trajectory[].completion' "
-                    f"({type(err).__name__}: {err})"
-                ) from None
-            seen += 1
-            if key in wanted and steps:
-                out.setdefault(key, []).append(steps)
-    if seen and not out:
+    for (_, task, _, _), steps in episodes.items():
+        if task in wanted:
+            out.setdefault(task, []).append([str(s["completion"]) for s in steps])
+    if episodes and not out:
         raise ValueError(
-            f"--policy_episodes: none of the {seen} episodes is for one of the {len(wanted)} selected tasks "
-            "(play the policy on the same games: `gcd-trl eval --data_dir` = `--games`)"
+            f"--policy_episodes: none of the {len(episodes)} episodes is for one of the {len(wanted)} selected "
+            "tasks (play the policy on the same games: `gcd-trl eval --data_dir` = `--games`)"
         )
     return out
 

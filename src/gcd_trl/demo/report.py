@@ -147,7 +147,7 @@ def result_row(label: str, report: Mapping[str, Any]) -> dict[str, Any]:
         "ci": wilson(k, n),
         "mean_steps": report["mean_steps"],
         "invalid_rate": report["invalid_rate"],
-        "inadmissible_rate": report.get("inadmissible_rate") or 0.0,
+        "inadmissible_rate": report["inadmissible_rate"],
         "repeated_rate": report["repeated_rate"],
         "by_type": report.get("by_type", {}),
     }
