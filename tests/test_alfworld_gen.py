@@ -250,3 +250,106 @@ def test_games_play_in_gcd_trl_alfworld_env(games):
                 if result.done:
                     break
             assert result.won, d
+
+
+# ------------------------------------------------------------------------------------------ room sizes
+def _receptacles(game_dir: str) -> list[str]:
+    problem = json.loads(Path(game_dir, GAME_FILE).read_text())["pddl_problem"]
+    return re.findall(r"^\s*(\S+) - receptacle$", problem.split("(:init")[0], flags=re.M)
+
+
+@pytest.fixture(scope="module")
+def small_rooms(tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("alfworld_gen_k3")
+    return out, generate_games(out, 6, seed=0, max_receptacles=3)  # verify=True: each walkthrough replayed
+
+
+def test_max_receptacles_keeps_the_task_and_cuts_the_room(games, small_rooms):
+    """Same scene and goal as the full room (both drawn first), K receptacles, every one the task needs."""
+    _, full_dirs, _ = games
+    _, dirs = small_rooms
+    assert [Path(d).parent.name for d in dirs] == [Path(d).parent.name for d in full_dirs]
+    for i, d in enumerate(dirs):
+        task_type = i + 1
+        task, obj, _, recep, _ = Path(d).parent.name.split("-")
+        receps = _receptacles(d)
+        assert len(receps) == 3 < len(_receptacles(full_dirs[i])), d
+        kinds = {r.split("_bar_")[0] for r in receps}
+        problem = json.loads(Path(d, GAME_FILE).read_text())["pddl_problem"]
+        if task_type != 2:
+            assert re.search(rf"\(receptacleType \S+ {recep}Type\)", problem)
+        if task_type in APPLIANCE:
+            assert APPLIANCE[task_type].removesuffix("Type") in kinds | {"SinkBasin"}
+            assert re.search(rf"\(receptacleType \S+ {APPLIANCE[task_type]}\)", problem)
+        # the target starts in a kept receptacle (and a lamp stands on one for look_at_obj)
+        placed = re.findall(rf"\(inReceptacle {obj}_bar_\S+ (\S+)\)", problem)
+        assert placed and set(placed) <= set(receps)
+        if task_type == 2:
+            assert re.search(rf"\(inReceptacle {recep}_bar_\S+ (\S+)\)", problem)
+        traj = json.loads(Path(d, TRAJ_FILE).read_text())
+        assert traj["generator"]["max_receptacles"] == 3
+    assert "max_receptacles" not in json.loads(Path(full_dirs[0], TRAJ_FILE).read_text())["generator"]
+
+
+def test_small_rooms_are_won_by_the_expert_in_gcd_trl_env(small_rooms):
+    """Planner-checked at generation (replayed on the full state); the searching expert wins them too."""
+    alfworld_env = pytest.importorskip("gcd_trl.envs.alfworld")
+    from gcd_trl.envs.base import Task
+
+    _, dirs = small_rooms
+    with alfworld_env.AlfWorldEnv(expert="handcoded") as env:
+        for d in dirs[:2]:  # the demo's task types
+            result = env.reset(Task(env="alfworld", game=d, task_type=alfworld_env.task_type_of(d)))
+            for _ in range(40):
+                result = env.step(env.expert_action())
+                if result.done:
+                    break
+            assert result.won, d
+
+
+def test_small_rooms_are_deterministic(small_rooms, tmp_path):
+    out, _ = small_rooms
+    again = generate_games(tmp_path / "again", 6, seed=0, max_receptacles=3, verify=False)
+    assert len(again) == 6 and _files(tmp_path / "again") == _files(out)
+
+
+def test_room_sizes_are_not_mixed(small_rooms, tmp_path):
+    from gcd_trl.envs.alfworld_gen import GamesFolderError
+    from gcd_trl.envs.splits import split_tasks
+
+    out, dirs = small_rooms
+    assert generate_games(out, 6, seed=0, max_receptacles=3) == dirs  # the same games: reused
+    for other in (5, None):
+        with pytest.raises(GamesFolderError, match="rooms cut to 3 receptacles.*one room size"):
+            generate_games(out, 6, seed=0, max_receptacles=other, add=True)
+    with pytest.raises(ValueError, match="max_receptacles must be an int >= 3"):
+        generate_games(tmp_path / "x", 1, seed=0, max_receptacles=2)
+    # a folder someone filled with two room sizes is refused when a split reads it
+    mixed = tmp_path / "mixed"
+    generate_games(mixed / "a", 1, seed=0, max_receptacles=3, verify=False)
+    generate_games(mixed / "b", 1, seed=1, max_receptacles=5, verify=False)
+    with pytest.raises(ValueError, match="mix room sizes .*rooms cut to 3.*rooms cut to 5"):
+        split_tasks("alfworld", "all", "train", mixed)
+
+
+def test_run_config_max_receptacles(small_rooms, tmp_path):
+    """`data_dir` + `generate_games` + `max_receptacles` is all a config needs; a mismatch is refused."""
+    from gcd_trl.commands.rl import InputError, build_tasks
+    from gcd_trl.config import ConfigError, EnvArguments
+
+    out, dirs = small_rooms
+    args = EnvArguments(
+        environment="alfworld", data_dir=str(tmp_path / "g"), split="all", generate_games=2, max_receptacles=4
+    )
+    tasks = build_tasks(args)
+    assert len(tasks) == 2 and all(len(_receptacles(t.game)) == 4 for t in tasks)
+    same = build_tasks(
+        EnvArguments(environment="alfworld", data_dir=str(out), split="all", max_receptacles=3)
+    )
+    assert sorted(t.game for t in same) == sorted(dirs)
+    with pytest.raises(InputError, match="max_receptacles: 5, but the games under .* rooms of 3"):
+        build_tasks(EnvArguments(environment="alfworld", data_dir=str(out), split="all", max_receptacles=5))
+    with pytest.raises(ConfigError, match="max_receptacles"):
+        EnvArguments(environment="alfworld", max_receptacles=2)
+    with pytest.raises(ConfigError, match="max_receptacles applies to environment=alfworld"):
+        EnvArguments(environment="scienceworld", max_receptacles=4)

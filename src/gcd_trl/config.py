@@ -133,6 +133,13 @@ class EnvArguments:
         },
     )
     generate_seed: int = field(default=0, metadata={"help": "Seed for generated games."})
+    max_receptacles: int | None = field(
+        default=None,
+        metadata={
+            "help": "ALFWorld generated games: rooms cut to this many receptacles (the task's always kept; "
+            ">= 3). None: full rooms. Small rooms make short games: a curriculum for small models."
+        },
+    )
     eval_split: str | None = field(
         default=None,
         metadata={
@@ -178,6 +185,12 @@ class EnvArguments:
             raise ConfigError("generate_games applies to environment=alfworld only")
         if self.generate_games and not self.data_dir:
             raise ConfigError("generate_games needs data_dir (where the games are written)")
+        if self.max_receptacles is not None:
+            if self.environment != "alfworld":
+                raise ConfigError("max_receptacles applies to environment=alfworld only")
+            if isinstance(self.max_receptacles, bool) or not isinstance(self.max_receptacles, int):
+                raise ConfigError(f"max_receptacles must be an int or null, got {self.max_receptacles!r}")
+            _at_least("max_receptacles", self.max_receptacles, 3)
         if not self.jvm_heap or not self.jvm_heap[:-1].isdigit() or self.jvm_heap[-1].lower() not in "kmg":
             raise ConfigError(f"jvm_heap={self.jvm_heap!r} must look like 512m or 2g")
 

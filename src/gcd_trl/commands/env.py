@@ -68,6 +68,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_alias(gen, "--task-types", dest="task_types", type=int, nargs="+")
     gen.add_argument(
+        "--max_receptacles",
+        type=int,
+        default=None,
+        metavar="K",
+        help="Cut each room to K receptacles (>= 3; the task's are always kept, the rest drawn with the "
+        "game's seed): short games for a curriculum. None: full rooms. The games record K.",
+    )
+    add_alias(gen, "--max-receptacles", dest="max_receptacles", type=int)
+    gen.add_argument(
         "--add",
         action="store_true",
         help="Add these games to a folder that holds other games (without it: refused, naming what is there).",
@@ -175,6 +184,10 @@ def run_generate(args: argparse.Namespace) -> int:
         bad = [t for t in types if t not in range(1, 7)]
         if bad:
             raise ArgError(f"--task_types must be in 1-6, got {bad[0]}")
+        if args.max_receptacles is not None and args.max_receptacles < 3:
+            raise ArgError(
+                f"--max_receptacles must be >= 3 (a task needs up to 3), got {args.max_receptacles}"
+            )
         out = Path(args.data_dir)
         if out.exists() and not out.is_dir():
             raise ArgError(f"--data_dir {out} exists and is not a directory")
@@ -193,6 +206,7 @@ def run_generate(args: argparse.Namespace) -> int:
             add=args.add,
             stats=stats,
             progress=True,
+            max_receptacles=args.max_receptacles,
         )
     except (ValueError, RuntimeError) as err:  # GamesFolderError names what the folder holds
         return _error(err)
@@ -202,6 +216,7 @@ def run_generate(args: argparse.Namespace) -> int:
         "games": len(games),
         "seed": args.generate_seed,
         "task_types": list(types),
+        "max_receptacles": args.max_receptacles,
         "generated": 0 if stats.get("reused") else len(games),
         "total_games": total,
     }

@@ -69,6 +69,17 @@ def build_tasks(env_args) -> list:
         tasks = split_tasks(env_args.environment, env_args.split, env_args.part, data_dir)
     except (FileNotFoundError, ValueError) as err:
         raise InputError(f"tasks: {err}") from err
+    if env_args.max_receptacles is not None and not env_args.generate_games:
+        from gcd_trl.envs.alfworld_gen import game_max_receptacles
+
+        sizes = {game_max_receptacles(t.game) for t in tasks[:1]}  # a split holds one room size
+        if sizes != {env_args.max_receptacles}:
+            size = sizes.pop()
+            raise InputError(
+                f"max_receptacles: {env_args.max_receptacles}, but the games under {data_dir} have "
+                + ("full rooms" if size is None else f"rooms of {size} receptacles")
+                + ": point data_dir at games of that size, or unset max_receptacles"
+            )
     if env_args.task_types:
         tasks = [t for t in tasks if t.task_type in env_args.task_types]
     if env_args.scienceworld_tasks:
@@ -103,7 +114,15 @@ def prepare_games(env_args, data_dir: Path) -> None:
     stats: dict = {}
     with _main_process_first(), _folder_lock(data_dir):
         try:
-            generate_games(data_dir, n, seed, task_types=types, stats=stats, progress=is_main_process())
+            generate_games(
+                data_dir,
+                n,
+                seed,
+                task_types=types,
+                stats=stats,
+                progress=is_main_process(),
+                max_receptacles=env_args.max_receptacles,
+            )
         except GamesFolderError as err:
             raise InputError(
                 f"data_dir: {err}. To train on the games that are there, set generate_games: 0; to generate "

@@ -8,12 +8,12 @@ two policies is called out only when their intervals do not overlap.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gcd_trl.analysis.plotting import pyplot, save_png
+from gcd_trl.eval.stats import wilson
 
 # training-curve panels: (title, metric keys tried in order)
 CURVES = (
@@ -25,17 +25,6 @@ CURVES = (
     ("judge accuracy: good / bad steps", ("judge/accuracy_good", "judge/accuracy_bad")),
     ("judge share of tokens", ("judge/token_share",)),
 )
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate (sane at 0 and n, unlike the normal approximation)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def log_history(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -387,8 +387,45 @@ def _descriptions(rng: random.Random, g: _Game) -> tuple[str, list[str]]:
     return goal, human
 
 
-def _sample_game(rng: random.Random, task_type: int) -> _Game:
-    """Draw a scene, a goal it supports and a placement of the scene's objects."""
+MIN_RECEPTACLES = 3  # the most receptacles a task needs: a holder of the target, an appliance, the goal
+
+
+def _task_receptacles(
+    rng: random.Random, scene: _Scene, task_type: int, obj: str, second: str
+) -> list[_Recep]:
+    """One receptacle of each kind the task needs: a holder the target can start in, the goal receptacle
+    (or a surface for the lamp) and the appliance; drawn among the scene's receptacles of that kind."""
+    parent = "" if task_type == 2 else second
+    need: list[_Recep] = []
+    if parent:
+        need.append(rng.choice([r for r in scene.receptacles if r.rtype == parent]))
+    if task_type in _APPLIANCE:
+        appliance = _APPLIANCE[task_type][0]
+        need.append(rng.choice([r for r in scene.receptacles if r.rtype == appliance]))
+    if task_type == 2:
+        need.append(rng.choice([r for r in scene.receptacles if r.rtype in _LAMP_SURFACES[second]]))
+    holders = [r for r in _holders(scene, obj, _forbidden_for_target(task_type, parent)) if r not in need]
+    if task_type == 2 and need[0] in _holders(scene, obj):
+        holders.append(need[0])  # the lamp's surface may hold the target too
+    need.append(rng.choice(holders))
+    return list(dict.fromkeys(need))
+
+
+def _cut_scene(rng: random.Random, g: _Game, max_receptacles: int) -> _Scene:
+    """The scene with only `max_receptacles` receptacles: the task's, then others drawn with the game's rng."""
+    scene = g.scene
+    if len(scene.receptacles) <= max_receptacles:
+        return scene
+    keep = _task_receptacles(rng, scene, g.task_type, g.obj, g.toggle or g.parent)
+    rest = [r for r in scene.receptacles if r not in keep]
+    keep += rng.sample(rest, max(0, max_receptacles - len(keep)))
+    order = {r.id: i for i, r in enumerate(scene.receptacles)}
+    return _Scene(scene.num, scene.room, scene.object_types, tuple(sorted(keep, key=lambda r: order[r.id])))
+
+
+def _sample_game(rng: random.Random, task_type: int, max_receptacles: int | None = None) -> _Game:
+    """Draw a scene, a goal it supports (the same for any `max_receptacles`: both are drawn first), the
+    room's receptacles when it is cut to `max_receptacles`, and a placement of the scene's objects."""
     w = _wheel()
     scene = _scene(rng.choice(_eligible_scenes(task_type)))
     obj, second = rng.choice(_candidates(scene, task_type))
@@ -399,6 +436,8 @@ def _sample_game(rng: random.Random, task_type: int) -> _Game:
         parent="" if task_type == 2 else second,
         toggle=second if task_type == 2 else "",
     )
+    if max_receptacles is not None:
+        g.scene = scene = _cut_scene(rng, g, max_receptacles)
     used_ids: set[str] = set()
 
     def place(otype: str, holders: list[_Recep]) -> None:
@@ -517,7 +556,7 @@ def _dir_name(g: _Game) -> str:
     return f"{TASK_TYPES[g.task_type]}-{g.obj}-None-{g.parent or g.toggle}-{g.scene.num}"
 
 
-def _traj_data(g: _Game, trial: str, seed: int, index: int) -> dict[str, Any]:
+def _traj_data(g: _Game, trial: str, seed: int, index: int, max_receptacles: int | None) -> dict[str, Any]:
     return {
         "task_id": trial,
         "task_type": TASK_TYPES[g.task_type],
@@ -530,7 +569,8 @@ def _traj_data(g: _Game, trial: str, seed: int, index: int) -> dict[str, Any]:
         },
         "scene": {"scene_num": g.scene.num, "floor_plan": f"FloorPlan{g.scene.num}"},
         "turk_annotations": {"anns": [{"task_desc": d} for d in g.human]},
-        "generator": {"name": "gcd_trl.envs.alfworld_gen", "seed": seed, "index": index},
+        "generator": {"name": "gcd_trl.envs.alfworld_gen", "seed": seed, "index": index}
+        | ({} if max_receptacles is None else {"max_receptacles": max_receptacles}),
     }
 
 
@@ -664,6 +704,7 @@ def generate_games(
     stats: dict[str, Any] | None = None,
     add: bool = False,
     progress: bool = False,
+    max_receptacles: int | None = None,
 ) -> list[str]:
     """Write `num` planner-checked games under `out_dir`; return their directories in index order.
 
@@ -675,6 +716,9 @@ def generate_games(
     words commands and feedback as the released json_2.1.1 games do ("put X in/on Y", "You arrive at
     loc N."), so training on generated games matches evaluation on real ones; `wheel` keeps alfworld
     0.4.2's own wording ("move X to Y"). `stats`, when given, receives counts and timings.
+    `max_receptacles` cuts each room to that many receptacles (the task's always kept, the others drawn
+    with the game's seed; scene and goal are the ones the full room gets): short games for a curriculum.
+    Each game's traj_data.json records it (`generator.max_receptacles`; absent for full rooms).
 
     A folder that already holds exactly these games (same seed, count, task types and grammar) is used as
     it is (`stats["reused"]`); one holding other games is refused with `GamesFolderError` naming what is
@@ -687,6 +731,7 @@ def generate_games(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    check_max_receptacles(max_receptacles)
     for t in types:
         if not _eligible_scenes(t):
             raise RuntimeError(
@@ -699,11 +744,17 @@ def generate_games(
         )
     text_grammar = game_grammar(grammar)
     found = folder_games(out_dir)
-    mine = _requested_games(found, num, seed, types, grammar)
+    mine = _requested_games(found, num, seed, types, grammar, max_receptacles)
     if mine is not None and (len(found) == num or add):
         if stats is not None:
             stats.update(games=0, reused=True, total_games=len(found))
         return mine  # exactly these games are there already (generation is deterministic)
+    sizes = {game_max_receptacles(d) for d in found}
+    if found and sizes != {max_receptacles}:
+        raise GamesFolderError(
+            f"{out_dir} already holds {describe_games(found)}; asked for games with "
+            f"{_rooms(max_receptacles)}: one folder holds one room size. Use another folder"
+        )
     others = [d for d in found if not _is_requested(d, num, seed, types)]
     if others and not add:
         raise GamesFolderError(
@@ -734,7 +785,7 @@ def generate_games(
         last_error = ""
         for attempt in range(max_attempts):
             rng = random.Random(f"alfworld_gen:{seed}:{i}:{attempt}")
-            g = _sample_game(rng, task_type)
+            g = _sample_game(rng, task_type, max_receptacles)
             problem = _problem(g, f"plan_{trial}")
             counts["draws"] += 1
             try:
@@ -763,7 +814,7 @@ def generate_games(
             "walkthrough": walkthrough,
         }
         _dump(os.path.join(game_dir, GAME_FILE), game, None)
-        _dump(os.path.join(game_dir, TRAJ_FILE), _traj_data(g, trial, seed, i), 2)
+        _dump(os.path.join(game_dir, TRAJ_FILE), _traj_data(g, trial, seed, i, max_receptacles), 2)
         counts["games"] += 1
         counts["plan_lengths"].append(len(walkthrough))
         dirs.append(game_dir)
@@ -816,7 +867,7 @@ def _is_requested(game_dir: str, num: int, seed: int, types: Sequence[int]) -> b
 
 
 def _requested_games(
-    found: list[str], num: int, seed: int, types: Sequence[int], grammar: str
+    found: list[str], num: int, seed: int, types: Sequence[int], grammar: str, max_receptacles: int | None
 ) -> list[str] | None:
     """The requested games in index order when all of them are there, complete and in `grammar`; else None."""
     by_index: dict[int, str] = {}
@@ -835,7 +886,46 @@ def _requested_games(
         return None
     if (_DATASET_TEMPLATE in text) != (grammar == "dataset"):
         return None
+    if any(game_max_receptacles(d) != max_receptacles for d in by_index.values()):
+        return None
     return [by_index[i] for i in range(num)]
+
+
+def check_max_receptacles(value: int | None) -> None:
+    """None (full rooms) or an int >= MIN_RECEPTACLES, else ValueError naming the key."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_RECEPTACLES:
+        raise ValueError(
+            f"max_receptacles must be an int >= {MIN_RECEPTACLES} (a task needs up to {MIN_RECEPTACLES} "
+            f"receptacles) or null for full rooms, got {value!r}"
+        )
+
+
+def game_max_receptacles(game_dir: str) -> int | None:
+    """The room size a generated game was cut to (None: full rooms, or not generated by gcd-trl)."""
+    try:
+        with open(os.path.join(game_dir, TRAJ_FILE)) as f:
+            gen = json.load(f).get("generator") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return gen.get("max_receptacles") if isinstance(gen, dict) else None
+
+
+def folder_max_receptacles(game_dirs: Iterable[str]) -> int | None:
+    """The one room size of a set of games; GamesFolderError when they mix room sizes."""
+    sizes = {game_max_receptacles(d) for d in game_dirs}
+    if len(sizes) > 1:
+        raise GamesFolderError(
+            "the games mix room sizes ("
+            + ", ".join(_rooms(k) for k in sorted(sizes, key=lambda k: k or 1e9))
+            + "): keep one room size a folder (generate-alfworld --max_receptacles)"
+        )
+    return next(iter(sizes), None)
+
+
+def _rooms(k: int | None) -> str:
+    return "full rooms" if k is None else f"rooms cut to {k} receptacles"
 
 
 def describe_games(found: list[str]) -> str:
@@ -851,4 +941,7 @@ def describe_games(found: list[str]) -> str:
     parts = [f"{n} generated with seed {s}" for s, n in sorted(seeds.items())]
     if other:
         parts.append(f"{other} not generated by gcd-trl")
+    sizes = sorted({game_max_receptacles(d) for d in found}, key=lambda k: k or 1e9)
+    if sizes != [None]:
+        parts.append(", ".join(_rooms(k) for k in sizes))
     return f"{len(found)} games ({', '.join(parts)})"

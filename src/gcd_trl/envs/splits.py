@@ -93,11 +93,16 @@ def _alfworld_root(data_dir: str | os.PathLike | None) -> Path:
 
 def _alfworld_games(level: str, part: str, split_dir: Path, types: tuple[int, ...] | None) -> list[Task]:
     from gcd_trl.envs.alfworld import list_games, task_type_of
+    from gcd_trl.envs.alfworld_gen import GamesFolderError, folder_max_receptacles
 
     games = list_games(split_dir, task_types=types)
     if not games:
         which = "any task type" if types is None else f"task types {list(types)}"
         raise ValueError(f"no playable ALFWorld games of {which} under {split_dir} ({level} {part})")
+    try:
+        folder_max_receptacles(games)  # one room size a split
+    except GamesFolderError as err:
+        raise ValueError(f"{split_dir} ({level} {part}): {err}") from None
     return [Task(env="alfworld", split=f"{level}/{part}", game=g, task_type=task_type_of(g)) for g in games]
 
 
