@@ -24,8 +24,12 @@ test: setup
 test-all: setup  # adds the experts on all 134 real valid_unseen games (~18 min more)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: setup
+demo: setup  # make demo [FRESH=1] [ROUNDS=N] [FROM_SCRATCH=1] [DEMO_SMALL=1]
 	bash scripts/demo.sh
+
+.PHONY: warm-start
+warm-start: setup  # rebuild data/warm_start/ (the demo's starting point; about 2 h of 2-core CPU, data/README.md)
+	bash scripts/warm_start.sh
 
 bench: setup
 	bash scripts/bench.sh

@@ -124,3 +124,25 @@ def test_gae_config_fields_are_checked():
         AgentGRPOConfig(**base, critic_warmup_rounds=2)
     with pytest.raises(ConfigError, match="nthr_eta"):
         AgentGRPOConfig(**base, nthr=True, nthr_eta="half")
+
+
+def test_verls_extra_critic_column_changes_nothing_at_the_recipes_gamma_and_lambda():
+    """verl's dp_critic masks values with attention_mask[:, -L-1:-1]: one more column than the response,
+    the value at the last response token, enters GAE. gcd-trl keeps values on the response tokens only
+    (the value past the last token is 0). At gamma = lam = 1 (every PPO recipe) the actor's advantages are
+    the same; below 1 they differ (docs/fidelity.md)."""
+    import numpy as np
+
+    from gcd_trl.advantages.gae import gae_advantages
+
+    rng = np.random.default_rng(0)
+    n = 5
+    rewards = np.zeros((1, n + 1))
+    rewards[0, n - 1] = 10.0
+    values = rng.normal(size=(1, n + 1))  # verl: n response columns + the extra one
+    ours = values.copy()
+    ours[0, n] = 0.0  # gcd-trl: no value past the response
+    for gamma, lam, same in ((1.0, 1.0, True), (0.99, 0.95, False)):
+        a_verl, _ = gae_advantages(rewards, values, gamma, lam)
+        a_ours, _ = gae_advantages(rewards[:, :n], ours[:, :n], gamma, lam)
+        assert np.allclose(a_verl[0, :n], a_ours[0]) == same, (gamma, lam)

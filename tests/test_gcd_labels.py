@@ -169,12 +169,44 @@ def test_rules_on_a_real_alfworld_game(tmp_path):
     records = [s.to_dict() for s in ep.steps]
     assert ep.won, "the planner should finish the game after the detour"
     labels = rule_labels(records)
-    # step 1 was taken at places[0] and step 3 starts there again
-    assert records[1]["anchor"] == records[3]["anchor"]
+    # step 1 was taken at places[0] and step 3 starts there again, in the same engine state
+    assert records[1]["state"] == records[3]["state"] and records[1]["anchor"] == records[3]["anchor"]
     assert labels[1] == 0
     assert labels[-1] == 1
     assert all(
-        label == 0
-        for label, r in zip(labels, records)
-        if any(r["anchor"] == s["anchor"] for s in records[r["step"] + 1 :])
+        (label == 0) == any(r["state"] == s["state"] for s in records[r["step"] + 1 :])
+        for label, r in zip(labels[:-1], records)
     )
+
+
+def test_nothing_happens_in_two_states_does_not_collide(tmp_path):
+    """"Nothing happens." at the start and again after a move: the raw observations are equal, the states
+    are not, so the move between them (progress) is not labelled bad; each useless action is."""
+    alfworld_env = pytest.importorskip("gcd_trl.envs.alfworld")
+    from gcd_trl.envs.alfworld_gen import generate_games
+
+    (game,) = generate_games(tmp_path / "games", 1, seed=3, task_types=(1,))
+    task = Task(env="alfworld", game=game, task_type=1)
+    with alfworld_env.AlfWorldEnv(expert="planner") as env:
+        ep = Episode(task, env.reset(task), load_template("alfworld"), max_steps=30)
+        place = next(a for a in ep.state.admissible_actions if a.startswith("go to "))
+        for action in ("examine nothing 1", place, "examine nothing 1", "look"):
+            taken = ep.apply(f"<think>plan</think><action>{action}</action>")
+            ep.observe(env.step(taken))
+    records = [s.to_dict() for s in ep.steps]
+    assert [r["action"] for r in records] == ["examine nothing 1", place, "examine nothing 1", "look"]
+    # steps 1 and 3 were taken right after "Nothing happens.", in different rooms' states
+    assert records[1]["anchor"] == records[3]["anchor"] == "Nothing happens."
+    assert records[1]["state"] != records[3]["state"]
+    assert records[0]["state"] == records[1]["state"] and records[2]["state"] == records[3]["state"]
+    assert rule_labels(records) == [0, None, 0, None]
+    # records without a state (older files) fall back to the anchor, and the move is mislabelled bad
+    legacy = [{k: v for k, v in r.items() if k != "state"} for r in records]
+    assert rule_labels(legacy)[1] == 0
+
+
+def test_state_key_wins_over_anchor():
+    t = traj(["A", "N", "B", "N"])
+    for r, state in zip(t, ["s0", "s0", "s1", "s1"]):
+        r["state"] = state
+    assert rule_labels(t) == [0, None, 0, None]

@@ -197,3 +197,30 @@ def test_rl_command_picks_the_trainer():
     assert trainer_class(AgentGRPOConfig(**base, advantage_estimator="gae")) is AgentPPOTrainer
     assert trainer_class(AgentGRPOConfig(**base, nthr=True)) is AgentTokenTrainer
     assert trainer_class(AgentGRPOConfig(**base, value_head_coef=0.5)) is AgentTokenTrainer
+
+
+def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_tasks, pool, tmp_path, monkeypatch):
+    """Deng et al.'s p is the share of the group's episodes won, not of its positive step samples: 4 of 8
+    episodes won, the 4 failures twice as long, gives p = 0.5 and eta = 2|0.5 - p| = 0."""
+    import gcd_trl.token_trainer as token_trainer
+    from gcd_trl.rollout.collector import StepSample
+    from gcd_trl.rollout.episode import StepRecord
+
+    trainer = make(tiny_model_dir, tmp_path, alfworld_tasks, pool, nthr=True, save_strategy="no")
+    seen = []
+    real = token_trainer.nthr_weights
+    monkeypatch.setattr(token_trainer, "nthr_weights", lambda *a, **k: seen.append(k) or real(*a, **k))
+    ids = trainer.processing_class("<think>x</think><action>look</action>", add_special_tokens=False)["input_ids"]
+    samples = []
+    for traj in range(8):
+        won = traj < 4
+        length = 2 if won else 4
+        for step in range(length):
+            last = step == length - 1
+            record = StepRecord(0, traj, step, f"obs {step}", "p", "c", "look", True, None, "think", 0.0,
+                                last, won and last)
+            samples.append(StepSample([1, 2, 3], list(ids), record, False, False, advantage=1.0 if won else -1.0))
+    trainer._nthr(samples)
+    positive_share = 8 / (8 + 16)
+    assert len(seen) == 1 and seen[0]["p"] == 0.5 != positive_share
+    assert trainer._metrics["train"]["nthr/eta_mean"][-1] == 0.0

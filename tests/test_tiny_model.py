@@ -304,3 +304,44 @@ def test_entity_tokens_make_each_alfworld_entity_one_token(tmp_path):
     mask = tok.apply_chat_template(chat, return_assistant_tokens_mask=True, return_dict=True)
     answer = tok.decode([i for i, m in zip(mask["input_ids"], mask["assistant_masks"]) if m])
     assert "<action>take mug 2 from countertop 1</action>" in answer
+
+
+@pytest.mark.parametrize("shape,params", [("qwen2.5-1.5b", 1_543_714_304), ("qwen2.5-7b", 7_615_616_512)])
+def test_real_shapes_have_the_hub_models_sizes(shape, params):
+    """The configs of `--shape`: the Hub models' layer count, sizes, heads and vocabulary (1.54B and 7.62B
+    parameters, counted on the meta device without allocating them)."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from gcd_trl.tiny_model import SHAPES, parameters_of, shape_config
+
+    config = shape_config(shape, pad_id=0, eos_id=1, tokens=5000)
+    assert config.num_hidden_layers == 28 and config.vocab_size == SHAPES[shape]["vocab_size"]
+    assert config.hidden_size // config.num_attention_heads == 128
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == params == parameters_of(config)
+    with pytest.raises(ValueError, match="unknown shape"):
+        shape_config("qwen9", 0, 1, 10)
+
+
+def test_shape_build_pads_the_embedding_and_saves_bf16(tmp_path, monkeypatch):
+    """The `--shape` build path on a small stand-in shape: the project's tokenizer, the embedding padded
+    to the shape's vocabulary, bfloat16 weights, loadable and able to generate."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import gcd_trl.tiny_model as tm
+
+    small = dict(tm.SHAPES["qwen2.5-7b"], hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, vocab_size=9000)
+    monkeypatch.setitem(tm.SHAPES, "small", small)
+    out = tm.build_tiny_model(tmp_path / "m", shape="small", with_entity_tokens=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert model.config.vocab_size == 9000 > len(tok)
+    assert model.get_input_embeddings().weight.shape == (9000, 128)
+    assert model.dtype == torch.bfloat16 and not model.config.tie_word_embeddings
+    assert tm.count_parameters(out) == tm.parameters_of(model.config)
+    ids = tok("go to shelf 1", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3

@@ -79,7 +79,7 @@ VALUE_SFT = """# Table 3 "value SFT": cold start with the value-head classifier,
 # Evaluate the checkpoint alone for the Table 3 column (gcd-trl eval), or start RL from it:
 # configs/ablations/{env}_grpo_valuehead_{size}.yaml.
 model_name_or_path: {model}
-dtype: bfloat16
+dtype: float32  # fp32 master weights; `bf16: true` computes in bf16 (autocast)
 output_dir: outputs/sft/{env}_{size}_value
 agent_data:
   - data/{env}/agent_sft

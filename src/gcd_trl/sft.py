@@ -63,6 +63,13 @@ class SFTDataArguments:
     num_threads: int | None = field(
         default=None, metadata={"help": "CPU torch threads (default: min(2, CPUs)); ignored on GPU."}
     )
+    low_precision_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow training bf16/fp16 parameters with a plain optimizer (no fp32 master weights: small "
+            "updates vanish). Default: refused; load in float32 with bf16: true, or launch with DeepSpeed/FSDP."
+        },
+    )
     max_train_minutes: float | None = field(
         default=None,
         metadata={
@@ -146,6 +153,18 @@ def parse_sft_config(argv: list[str]) -> tuple[SFTConfig, SFTDataArguments, Mode
         raise SFTInputError("model_name_or_path is not set")
     if not data.datasets:
         raise SFTInputError("no data: set `datasets` (a list of {path, weight}) or `dataset_path`")
+    from gcd_trl.config import ConfigError, check_parameter_precision
+
+    try:
+        check_parameter_precision(
+            (train.model_init_kwargs or {}).get("dtype", model.dtype),
+            train,
+            model.model_name_or_path,
+            use_peft=bool(model.use_peft),
+            allowed=data.low_precision_parameters,
+        )
+    except ConfigError as err:
+        raise SFTInputError(str(err)) from err
     return train, data, model
 
 

@@ -150,6 +150,66 @@ def entity_tokens() -> list[str]:
     ]
 
 
+# The real architectures (their config.json on the Hub): with `shape=`, a random-init model of the real
+# size, the project's tokenizer and the embedding padded to the real vocabulary. It learns nothing, but
+# memory and speed on a GPU can be measured without a hub.
+SHAPES: dict[str, dict] = {
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+    ),
+}
+
+
+def shape_config(shape: str, pad_id: int, eos_id: int, tokens: int):
+    """The Qwen2Config of a real architecture (`SHAPES`), its embedding covering the tokenizer's `tokens`."""
+    from transformers import Qwen2Config
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
+    values = dict(SHAPES[shape])
+    if tokens > values["vocab_size"]:
+        raise ValueError(f"the tokenizer has {tokens} tokens, more than {shape}'s {values['vocab_size']}")
+    return Qwen2Config(
+        **values,
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_sliding_window=False,
+    )
+
+
+def parameters_of(config) -> int:
+    """Parameters a Qwen2 config makes (tied embeddings counted once), without building the model."""
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head = h // config.num_attention_heads
+    kv = config.num_key_value_heads * head
+    attention = h * h + h + 2 * (h * kv + kv) + h * h  # q (with bias), k and v (with bias), o
+    layer = attention + 3 * h * i + 2 * h  # MLP gate/up/down, two RMSNorm gains
+    embedding = config.vocab_size * h
+    return n * layer + h + embedding * (1 if config.tie_word_embeddings else 2)
+
+
 def make_config(
     vocab_size: int, hidden_size: int, num_layers: int, pad_id: int, eos_id: int, intermediate_size: int = 0
 ):
@@ -183,13 +243,16 @@ def build_tiny_model(
     corpus: str | Path | None = None,
     with_entity_tokens: bool = False,
     intermediate_size: int = 0,
+    shape: str | None = None,
 ) -> Path:
     """Write tokenizer, config, generation config and random weights to `out_dir`; returns it.
 
     `AutoTokenizer.from_pretrained(out_dir)` and `AutoModelForCausalLM.from_pretrained(out_dir)` load it.
     The model's vocabulary is the tokenizer's actual size (at most `vocab_size`, see `train_tokenizer`);
     `seed` changes the weights only. `with_entity_tokens` adds one token per ALFWorld entity
-    (`entity_tokens()`), on top of the `vocab_size` bound.
+    (`entity_tokens()`), on top of the `vocab_size` bound. `shape` (a key of SHAPES) builds the real
+    architecture instead (hidden_size, num_layers and intermediate_size are then ignored), initialised
+    and saved in bfloat16 (as the real checkpoints are): 3 GB for 1.5B, 15 GB for 7B.
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -208,13 +271,21 @@ def build_tiny_model(
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     if intermediate_size < 0:
         raise ValueError(f"intermediate_size must be positive (0: 4 x hidden_size), got {intermediate_size}")
-    config = make_config(len(tokenizer), hidden_size, num_layers, pad_id, eos_id, intermediate_size)
+    if shape is None:
+        config = make_config(len(tokenizer), hidden_size, num_layers, pad_id, eos_id, intermediate_size)
+        dtype = torch.float32
+    else:
+        config = shape_config(shape, pad_id, eos_id, len(tokenizer))
+        dtype = torch.bfloat16  # the real checkpoints' dtype; half the memory while it is built
 
     rng_state = torch.random.get_rng_state()
+    default_dtype = torch.get_default_dtype()
     try:
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config).to(torch.float32)
+        torch.set_default_dtype(dtype)
+        model = Qwen2ForCausalLM(config).to(dtype)
     finally:
+        torch.set_default_dtype(default_dtype)
         torch.random.set_rng_state(rng_state)  # building must not disturb the caller's RNG
     # Both stop tokens end generation: <|im_end|> after a chat turn, <|endoftext|> after plain text.
     model.generation_config = GenerationConfig(

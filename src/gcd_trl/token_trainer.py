@@ -31,7 +31,7 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import disable_gradient_checkpointing
 
-from gcd_trl.advantages.nthr import nthr_weights, prediction_errors
+from gcd_trl.advantages.nthr import group_success_rate, nthr_weights, prediction_errors
 from gcd_trl.rollout.batching import pack_microbatches
 from gcd_trl.rollout.collector import StepSample
 from gcd_trl.trainer import AgentGRPOTrainer, _Update
@@ -174,6 +174,11 @@ class AgentTokenTrainer(AgentGRPOTrainer):
         t0 = time.perf_counter()
         a = self.args
         groups: dict[Any, list[int]] = defaultdict(list)
+        won: dict[Any, dict[Any, bool]] = defaultdict(dict)  # group -> episode -> won (Deng et al.'s p)
+        for s in agent:
+            if s.record is not None:
+                episodes = won[s.record.group]
+                episodes[s.record.traj] = episodes.get(s.record.traj, False) or bool(s.record.won)
         for i, s in enumerate(agent):
             keep = (
                 s.completion_ids and s.weight != 0 and not (s.truncated and self.mask_truncated_completions)
@@ -194,7 +199,7 @@ class AgentTokenTrainer(AgentGRPOTrainer):
                 [g for _, g in feats[: len(pos)]],
                 [h for h, _ in feats[len(pos) :]],
                 [g for _, g in feats[len(pos) :]],
-                p=len(pos) / (len(pos) + len(neg)),
+                p=group_success_rate(won.get(agent[idx[0]].record.group if agent[idx[0]].record else -1)),
                 beta=a.nthr_beta,
                 eta=a.nthr_eta,
             )

@@ -555,6 +555,9 @@ class AgentGRPOTrainer(GRPOTrainer):
             m["judge/accuracy_good"].append(v["good_hits"] / v["good_answers"])
         if v["bad_answers"]:
             m["judge/accuracy_bad"].append(v["bad_hits"] / v["bad_answers"])
+        # answers per label class: the majority-class rate (what a judge that always says one label scores)
+        m["judge/answers_good"].append(v["good_answers"])
+        m["judge/answers_bad"].append(v["bad_answers"])
         m["judge/format_failure_rate"].append(v["unparsable"] / max(v["answers"], 1))
         m["judge/reward_mean"].append(v["reward_sum"] / max(v["answers"], 1))
         m["judge/labelled_share"].append((v["good"] + v["bad"]) / max(v["steps"], 1))

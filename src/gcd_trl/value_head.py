@@ -78,12 +78,14 @@ def find_head_file(path: str | os.PathLike | None) -> Path | None:
 
 
 def class_weights(labels: list[int] | torch.Tensor, balance: bool) -> dict[int, float]:
-    """Per-class weight of one labelled sample: 1, or (with `balance`) 1 / (2 x class count), so both classes
-    weigh the same in total (a class that is absent gets no weight)."""
+    """Per-class weight of one labelled sample, summing to 1 over `labels` (the loss is a weighted mean):
+    1 / N, or (with `balance`) 1 / (2 x class count), so both classes weigh the same in total (a class
+    that is absent gets no weight)."""
     values = [int(x) for x in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     counts = {c: values.count(c) for c in (0, 1)}
     if not balance:
-        return {0: 1.0, 1: 1.0}
+        n = counts[0] + counts[1]
+        return {0: 1.0 / n if n else 0.0, 1: 1.0 / n if n else 0.0}
     present = sum(1 for n in counts.values() if n)
     return {c: (1.0 / (present * n) if n else 0.0) for c, n in counts.items()}
 

@@ -60,6 +60,13 @@ class ValueSFTArguments:
         default_factory=list,
         metadata={"help": "Agent SFT datasets (folders or .jsonl/.parquet with messages)."},
     )
+    low_precision_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow training bf16/fp16 parameters with a plain optimizer (no fp32 master weights). "
+            "Default: refused; load in float32 with bf16: true, or launch with DeepSpeed/FSDP."
+        },
+    )
     value_data: list[str] = field(
         default_factory=list,
         metadata={
@@ -305,6 +312,14 @@ def parse_config(argv: list[str]):
         raise ValueSFTError("model_name_or_path is not set")
     if model.use_peft:
         raise ValueSFTError("use_peft: the value SFT trains the full model (the paper's cold start)")
+    from gcd_trl.config import ConfigError, check_parameter_precision
+
+    try:
+        check_parameter_precision(
+            model.dtype, train, model.model_name_or_path, use_peft=False, allowed=args.low_precision_parameters
+        )
+    except ConfigError as err:
+        raise ValueSFTError(str(err)) from err
     train.remove_unused_columns = False
     return train, args, model
 

@@ -23,8 +23,12 @@ occur in the group's completions (not renormalised).
 
 In the multi-turn agent setting (gcd_trl.token_trainer) a "response" is one env step's completion and its
 group is the G episodes of one task: positive samples are the group's step samples with advantage > 0,
-negative ones those with advantage < 0, and p = N+ / (N+ + N-) over those samples. Groups without both
-kinds are left alone (the paper's extreme groups).
+negative ones those with advantage < 0. The step samples of a group pool different prompts (each step of
+each episode has its own state), as GiGPO-free GRPO pools them for its advantages; the hidden-state
+products of Eq. 7 and 9 are taken across them as if they shared one prompt. p is the group's success
+rate as Deng et al. define it, over episodes: the share of the G episodes that were won (not the share of
+positive step samples, which long failed episodes would skew: 4 wins of 8 gives eta 0, not 0.58). Groups
+without both kinds of samples are left alone (the paper's extreme groups).
 """
 
 from __future__ import annotations
@@ -59,6 +63,13 @@ def eta_value(spec: str | float, p: float) -> float:
     if rule == "p":
         return p
     return float(rule)
+
+
+def group_success_rate(episodes_won: dict[Any, bool] | None) -> float:
+    """p of Eq. 8's eta rule: the share of the group's episodes that were won (0 for no episode)."""
+    if not episodes_won:
+        return 0.0
+    return sum(bool(w) for w in episodes_won.values()) / len(episodes_won)
 
 
 def prediction_errors(probs: Any, targets: Any) -> Any:

@@ -188,7 +188,7 @@ def _check_model_path(name: str) -> None:
 
 def prepare(argv: list[str]):
     """Parse and check everything that needs no model. Returns (train, env, gcd, model_args, tasks)."""
-    from gcd_trl.config import ConfigError, parse_rl_config
+    from gcd_trl.config import ConfigError, check_parameter_precision, parse_rl_config
     from gcd_trl.prompts import TemplateError, default_agent_template, load_template
 
     try:
@@ -210,6 +210,16 @@ def prepare(argv: list[str]):
     except TemplateError as err:
         raise InputError(f"prompt_template: {err}") from err
     _check_model_path(model_args.model_name_or_path)
+    try:
+        check_parameter_precision(
+            (train.model_init_kwargs or {}).get("dtype", model_args.dtype),
+            train,
+            model_args.model_name_or_path,
+            use_peft=bool(model_args.use_peft),
+            allowed=train.low_precision_parameters,
+        )
+    except ConfigError as err:
+        raise InputError(str(err)) from err
     from gcd_trl.checkpoints import resolve_resume
 
     try:  # which checkpoint, decided now: an incomplete newest one falls back to the previous one

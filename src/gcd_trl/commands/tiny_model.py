@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gcd_trl.commands._common import add_alias
+from gcd_trl.tiny_model import SHAPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "learns to copy admissible actions sooner (docs/sft.md).",
     )
     add_alias(p, "--entity-tokens", dest="entity_tokens", action="store_true")
+    p.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default=None,
+        help="Build a real architecture instead (layers, hidden and MLP sizes, heads, KV heads, vocabulary "
+        "of the Hub model), random init, bfloat16, the project's tokenizer: GPU memory and speed without a "
+        "hub. It learns nothing. --hidden_size, --num_hidden_layers and --intermediate_size are ignored.",
+    )
     p.set_defaults(func=run)
 
 
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             corpus=args.corpus,
             with_entity_tokens=args.entity_tokens,
             intermediate_size=args.intermediate_size,
+            shape=args.shape,
         )
     except (OSError, ValueError) as err:
         return _error(str(err))

@@ -1,19 +1,24 @@
-"""`make demo`: cold start, RL with and without GCD, evaluation and a report, offline on 2 CPU cores.
+"""`make demo`: a warm-started tiny model, RL with and without GCD on a room-size curriculum, evaluation,
+a report; offline on 2 CPU cores.
 
-    python -m gcd_trl.demo [--out runs/demo] [--rounds 3] [--fresh] [--small]
-    (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1])
+    python -m gcd_trl.demo [--out runs/demo] [--rounds N] [--fresh] [--small] [--from_scratch]
+    (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1] [FROM_SCRATCH=1])
 
 Stages (each one a `gcd-trl` command, printed before it runs; a finished stage leaves a marker in
 OUT/stages/ and is skipped on the next run, so a second `make demo` reuses what is built):
-1. the tiny model, and the default datasets (`make data`: generated ALFWorld games, disjoint train and
-   held-out sets, agent and judge SFT data);
-2. cold start: SFT on agent + judge data;
-3. RL with GiGPO from the SFT checkpoint, twice at the same seed and budget: without and with GCD
-   (co-training + golden rules; labels from the rules, as no external judge is configured offline);
-4. evaluation of random, expert, SFT and both RL checkpoints on the same held-out games, and the
-   ScienceWorld expert on a few variations;
-5. OUT/report.md: what ran, the results in Table 1's layout with 95% intervals, per-type success,
-   malformed and not-admissible output rates, training curves and result plots (PNG).
+1. generated ALFWorld games of task types 1-2: training and held-out games with rooms cut to
+   `room_size` receptacles (the curriculum: short games a small model wins sometimes), and held-out
+   games of the same seed in full rooms;
+2. the policy RL starts from: the shipped warm start (data/warm_start/, `make warm-start` rebuilds it;
+   its provenance is in data/README.md); `--from_scratch` keeps the older path instead (a random-init
+   tiny model, `make data`, a 5-minute SFT);
+3. GiGPO from it, twice at the same seed and budget: without and with GCD (co-training + golden rules;
+   rule labels, as no external judge is configured offline), side by side;
+4. evaluation of random, expert, SFT and both RL checkpoints on the same held-out games (greedy, one
+   episode a game, so policies are compared game by game), the learned policies in full rooms too, and
+   the ScienceWorld expert on a few variations;
+5. OUT/report.md: what ran, the results in Table 1's layout with 95% intervals, exact McNemar tests on
+   the paired games, the judge's accuracy per round, per-type success and PNG plots.
 `--small` (DEMO_SMALL=1) shrinks every stage for the test suite; `--rounds` sets the RL budget.
 """
 
@@ -35,6 +40,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (configs/, data/, Makefile)
+WARM_START = ROOT / "data" / "warm_start"
 SCIENCEWORLD_EXPERT_STEPS = 100  # some gold paths are longer than RL's 30 steps
 
 
@@ -46,29 +52,40 @@ def shown(cmd: list[str]) -> str:
 
 @dataclass
 class Budget:
-    """How big each stage is (the full demo, or --small for tests)."""
+    """How big each stage is (the full demo, or --small for tests). The RL settings were fixed before the
+    final runs from the ladder and the pilot runs in docs/sft.md."""
 
-    train_games: int = 100
-    heldout_games: int = 30
-    sft_minutes: float = 5.0
-    rounds: int = 3
-    tasks_per_round: int = 2
-    num_generations: int = 4
+    room_size: int | None = 5  # the curriculum's rooms (None: full rooms)
+    train_games: int = 200
+    heldout_games: int = 80
+    full_heldout_games: int = 30
     max_episode_steps: int = 15
-    judge_prompts_per_round: int = 2
+    full_max_episode_steps: int = 30
+    from_scratch: bool = False
+    sft_minutes: float = 5.0  # --from_scratch only
+    rounds: int = 6
+    tasks_per_round: int = 8
+    num_generations: int = 8
+    learning_rate: float = 1e-4
+    ppo_mini_batch_size: int | None = 128
+    judge_prompts_per_round: int = 8
     scienceworld_tasks: int = 3
     seed: int = 0
 
     @classmethod
-    def small(cls, rounds: int | None = None) -> Budget:
+    def small(cls, rounds: int | None = None, from_scratch: bool = False) -> Budget:
         return cls(
             train_games=4,
             heldout_games=3,
+            full_heldout_games=2,
+            max_episode_steps=4,
+            full_max_episode_steps=4,
+            from_scratch=from_scratch,
             sft_minutes=0.15,
             rounds=rounds or 1,
             tasks_per_round=1,
             num_generations=2,
-            max_episode_steps=4,
+            ppo_mini_batch_size=None,
             judge_prompts_per_round=1,
             scienceworld_tasks=1,
         )
@@ -97,6 +114,9 @@ class Demo:
         self.configs = out / "configs"
         self.ran: list[dict[str, Any]] = []
         self.group_walls: list[float] = []  # wall time of each side-by-side group (its stages overlap)
+        self.runs = {"RL (GiGPO)": out / "rl_gigpo", "RL+GCD (GiGPO)": out / "rl_gigpo_gcd"}
+        self.eval_dirs: dict[str, dict[str, Path]] = {}  # split -> policy -> eval folder
+        self.start_kind = ""
 
     # ---- running stages ---------------------------------------------------------------------------
     def stage(self, name: str, commands: list[list[str]], done_when: Path | None = None) -> None:
@@ -201,26 +221,46 @@ class Demo:
         return path
 
     # ---- the pipeline -----------------------------------------------------------------------------
-    def run(self) -> Path:
-        b, out, data = self.budget, self.out, self.data
+    def games_dir(self, name: str) -> Path:
+        return self.data / "alfworld" / "games" / name
+
+    def _games(self, name: str, num: int, seed: int, room_size: int | None) -> tuple[str, list[str], Path]:
+        cmd = self.gcd(
+            "env",
+            "generate-alfworld",
+            "--data_dir",
+            str(self.games_dir(name)),
+            "--generate_games",
+            str(num),
+            "--generate_seed",
+            str(seed),
+            "--task_types",
+            "1",
+            "2",
+            *(["--max_receptacles", str(room_size)] if room_size else []),
+        )
+        return f"1 games: {name}", cmd, self.games_dir(name)
+
+    def start_model(self) -> tuple[str, Path]:
+        """The policy RL starts from ("SFT" in the tables): the warm start, or this run's own cold start."""
+        b, out = self.budget, self.out
+        if not b.from_scratch:
+            if not (WARM_START / "model.safetensors").is_file():
+                raise StageError(
+                    f"the warm start is missing ({WARM_START.relative_to(ROOT)}/model.safetensors): "
+                    "`make warm-start` rebuilds it, or run `make demo FROM_SCRATCH=1`"
+                )
+            return "warm start", WARM_START
         model = out / "tiny-model"
         self.stage(
-            "1a tiny model",
+            "2a tiny model",
             [self.gcd("tiny-model", "--out", str(model), "--overwrite", "--entity_tokens")],
             model / "config.json",
         )
-        make = [
-            "make",
-            "-s",
-            "data",
-            f"DATA={data}",
-            f"SFT_GAMES={b.train_games}",
-            f"HELDOUT_GAMES={b.heldout_games}",
-        ]
-        agent_sft = data / "alfworld" / "agent_sft_alfworld_compact"
-        judge_sft = data / "alfworld" / "judge_sft_alfworld_compact"
-        self.stage("1b datasets (make data)", [make], judge_sft / "summary.json")
-
+        make = ["make", "-s", "data", f"DATA={self.data}", f"SFT_GAMES={b.train_games}", "HELDOUT_GAMES=1"]
+        agent_sft = self.data / "alfworld" / "agent_sft_alfworld_compact"
+        judge_sft = self.data / "alfworld" / "judge_sft_alfworld_compact"
+        self.stage("2b SFT data (make data)", [make], judge_sft / "summary.json")
         sft_dir = out / "sft"
         sft_cfg = self.write_config(
             "sft",
@@ -232,20 +272,40 @@ class Demo:
             seed=b.seed,
         )
         self.stage(
-            "2 cold start: SFT on agent + judge data",
+            "2c cold start: SFT on agent + judge data",
             [self.gcd("sft", "--config", str(sft_cfg))],
             sft_dir / "config.json",
         )
+        return "cold start", sft_dir
+
+    def run(self) -> Path:
+        b, out = self.budget, self.out
+        self.parallel(
+            [
+                self._games("train", b.train_games, 1, b.room_size),
+                self._games("heldout", b.heldout_games, 2, b.room_size),
+                self._games("heldout_full", b.full_heldout_games, 2, None),
+            ]
+        )
+        self.start_kind, start = self.start_model()
 
         rl_common = dict(
-            model_name_or_path=str(sft_dir),
-            data_dir=str(data / "alfworld" / "games" / "train"),
-            max_steps=b.rounds,
+            model_name_or_path=str(start),
+            data_dir=str(self.games_dir("train")),
+            max_receptacles=b.room_size,
+            max_rounds=b.rounds,
+            max_steps=-1,  # derived from max_rounds
             tasks_per_round=b.tasks_per_round,
             num_generations=b.num_generations,
             max_episode_steps=b.max_episode_steps,
-            save_strategy="steps",  # a checkpoint per round: `make analyze RUN=runs/demo` reads the series
+            num_envs=min(16, b.tasks_per_round * b.num_generations),
+            learning_rate=b.learning_rate,
+            lr_scheduler_type="constant",
+            ppo_mini_batch_size=b.ppo_mini_batch_size,
+            bf16=True,  # float32 weights, bf16 autocast: ~2x faster steps on this CPU
+            save_strategy="steps",  # a checkpoint per optimizer step: `make analyze` reads the series
             save_steps=1,
+            save_only_model=True,
             logging_steps=1,
             seed=b.seed,
         )
@@ -255,45 +315,51 @@ class Demo:
             judge_prompts_per_round=b.judge_prompts_per_round,
             judge_num_generations=4,
             judge_template="critic_compact",
-            judge_class_balance=False,
+            judge_max_completion_length=64,
+            judge_class_balance=True,
             correction=True,
             correction_every=max(1, b.rounds // 2),
             max_rules=3,
         )
-        runs = {"RL (GiGPO)": out / "rl_gigpo", "RL+GCD (GiGPO)": out / "rl_gigpo_gcd"}
         base = "configs/rl/tiny_alfworld_gigpo_sft.yaml"
         rl_stages = []
-        for (label, run_dir), extra in zip(runs.items(), ({}, gcd_keys)):
+        for (label, run_dir), extra in zip(self.runs.items(), ({}, gcd_keys)):
             cfg = self.write_config(run_dir.name, base, output_dir=str(run_dir), **rl_common, **extra)
             rl_stages.append((f"3 {label}", self.gcd("rl", "--config", str(cfg)), run_dir / "config.json"))
         self.parallel(rl_stages)
 
-        heldout = str(data / "alfworld" / "games" / "heldout")
-        ev_common = dict(
-            environment="alfworld",
-            data_dir=heldout,
-            split="all",
-            prompt_template="alfworld_compact",
-            max_episode_steps=b.max_episode_steps,
-            history_length=2,
-            max_new_tokens=32,
-            num_envs=4,
-            seed=b.seed,
-        )
         policies = {
             "random": {"policy": "random"},
             "expert": {"policy": "expert"},
-            "SFT": {"policy": "model", "model_name_or_path": str(sft_dir)},
-            **{label: {"policy": "model", "model_name_or_path": str(d)} for label, d in runs.items()},
+            "SFT": {"policy": "model", "model_name_or_path": str(start)},
+            **{label: {"policy": "model", "model_name_or_path": str(d)} for label, d in self.runs.items()},
         }
-        eval_dirs = {}
         eval_stages = []
-        for label, keys in policies.items():
-            slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
-            d = out / "eval" / slug
-            eval_dirs[label] = d
-            cfg = self.write_yaml(f"eval_{slug}", {**ev_common, **keys, "label": label, "output_dir": str(d)})
-            eval_stages.append((f"4 eval {label}", self.gcd("eval", "--config", str(cfg)), d / "report.json"))
+        for split, games, steps, labels in (
+            ("heldout", "heldout", b.max_episode_steps, list(policies)),
+            ("full", "heldout_full", b.full_max_episode_steps, ["SFT", *self.runs]),
+        ):
+            common = dict(
+                environment="alfworld",
+                data_dir=str(self.games_dir(games)),
+                split="all",
+                prompt_template="alfworld_compact",
+                max_episode_steps=steps,
+                history_length=2,
+                max_new_tokens=32,
+                num_envs=8,
+                seed=b.seed,
+            )
+            for label in labels:
+                slug = f"{split}_{_slug(label)}"
+                d = out / "eval" / slug
+                self.eval_dirs.setdefault(split, {})[label] = d
+                cfg = self.write_yaml(
+                    f"eval_{slug}", {**common, **policies[label], "label": label, "output_dir": str(d)}
+                )
+                eval_stages.append(
+                    (f"4 eval {label} ({split})", self.gcd("eval", "--config", str(cfg)), d / "report.json")
+                )
         self.parallel(eval_stages)
         sw = out / "eval" / "scienceworld_expert"
         sw_cfg = self.write_yaml(
@@ -316,8 +382,11 @@ class Demo:
 
         from gcd_trl.demo.render import write_report
 
-        path = write_report(self, eval_dirs, runs, sw)
-        return path
+        return write_report(self, sw)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def _forget_rl_and_eval(out: Path) -> None:
@@ -343,16 +412,36 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("DEMO_SMALL") == "1",
         help="A tiny run (tests).",
     )
+    parser.add_argument(
+        "--from_scratch",
+        action="store_true",
+        default=os.environ.get("FROM_SCRATCH") == "1",
+        help="Start RL from this run's own 5-minute cold start of a random-init tiny model, not the warm start.",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
-    budget = Budget.small(args.rounds) if args.small else Budget(rounds=args.rounds or Budget.rounds)
+    if args.small:
+        budget = Budget.small(args.rounds, args.from_scratch)
+    else:
+        budget = Budget(rounds=args.rounds or Budget.rounds, from_scratch=args.from_scratch)
     if args.fresh and out.exists():
         print(f"demo: FRESH=1, removing {out}", flush=True)
         shutil.rmtree(out)
     elif (out / "budget.json").is_file() and not args.small:
-        saved = Budget(**json.loads((out / "budget.json").read_text()))  # a rerun keeps the run's budget
+        try:  # a rerun keeps the run's budget
+            saved = Budget(**json.loads((out / "budget.json").read_text()))
+        except TypeError:
+            print(f"demo: {out} was made by another version of the demo: use FRESH=1", file=sys.stderr)
+            return 1
+        if saved.from_scratch != args.from_scratch:
+            print(
+                f"demo: {out} started from {'scratch' if saved.from_scratch else 'the warm start'}: use FRESH=1 "
+                "to change that",
+                file=sys.stderr,
+            )
+            return 1
         if args.rounds and args.rounds != saved.rounds:
             print(f"demo: ROUNDS={args.rounds} (was {saved.rounds}): RL and evaluation run again", flush=True)
             _forget_rl_and_eval(out)

@@ -1,8 +1,8 @@
-"""The demo's report: what ran, the results in the layout of the paper's Table 1, per-task-type success,
-and PNG plots of the training curves and of the results (`runs/demo/report.md`).
+"""The demo's report pieces: per-round training numbers read from a run's trainer log, the results table in
+the layout of the paper's Table 1, per-task-type success, and PNG plots (`runs/demo/report.md`).
 
-Small samples deserve honesty: every success rate carries a 95% Wilson interval, and a difference between
-two policies is called out only when their intervals do not overlap.
+Small samples deserve honesty: every success rate carries a 95% Wilson interval, and two policies are
+compared on the same games with an exact McNemar test (render.py), not by their intervals.
 """
 
 from __future__ import annotations
@@ -14,17 +14,6 @@ from typing import Any
 
 from gcd_trl.analysis.plotting import pyplot, save_png
 from gcd_trl.eval.stats import wilson
-
-# training-curve panels: (title, metric keys tried in order)
-CURVES = (
-    ("success rate (rollouts)", ("rollout/success_rate",)),
-    ("episode length", ("rollout/episode_length",)),
-    ("malformed-output rate", ("rollout/invalid_rate",)),
-    ("not-admissible rate (well-formed)", ("rollout/inadmissible_rate",)),
-    ("loss", ("loss",)),
-    ("judge accuracy: good / bad steps", ("judge/accuracy_good", "judge/accuracy_bad")),
-    ("judge share of tokens", ("judge/token_share",)),
-)
 
 
 def log_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -39,43 +28,107 @@ def log_history(run_dir: str | Path) -> list[dict[str, Any]]:
     return []
 
 
-def plot_training_curves(runs: Mapping[str, str | Path], out_dir: str | Path) -> list[Path]:
-    """One PNG per curve of CURVES (`curve_<name>.png`), one line per run (x: optimizer step)."""
-    histories = {name: log_history(d) for name, d in runs.items()}
-    histories = {k: v for k, v in histories.items() if v}
-    if not histories:
+def round_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per RL round from the trainer's log: a round's rollout metrics are logged once, with the
+    first optimizer step that trains on it (`rollout/success_rate` marks that row)."""
+    out = []
+    for row in log_history(run_dir):
+        if "rollout/success_rate" in row:
+            out.append(
+                {
+                    "round": len(out) + 1,
+                    "step": row.get("step"),
+                    "success_rate": row["rollout/success_rate"],
+                    "episode_length": row.get("rollout/episode_length"),
+                    "inadmissible_rate": row.get("rollout/inadmissible_rate"),
+                    "invalid_rate": row.get("rollout/invalid_rate"),
+                    "advantages_std": row.get("advantages/std", 0.0),
+                }
+            )
+    return out
+
+
+def judge_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per round: the judge's answers on good and bad steps, its accuracy on each, overall, and the
+    majority-class rate (what always answering the commoner label would score on the same answers)."""
+    out = []
+    for row in log_history(run_dir):
+        if "judge/answers" not in row:
+            continue
+        good, bad = row.get("judge/answers_good", 0.0), row.get("judge/answers_bad", 0.0)
+        acc_good, acc_bad = row.get("judge/accuracy_good"), row.get("judge/accuracy_bad")
+        hits = (acc_good or 0.0) * good + (acc_bad or 0.0) * bad
+        out.append(
+            {
+                "round": len(out) + 1,
+                "prompts": row.get("judge/prompts", 0.0),
+                "answers_good": good,
+                "answers_bad": bad,
+                "format_failure_rate": row.get("judge/format_failure_rate", 0.0),
+                "accuracy_good": acc_good,
+                "accuracy_bad": acc_bad,
+                "accuracy": hits / (good + bad) if good + bad else None,
+                "majority": max(good, bad) / (good + bad) if good + bad else 0.0,
+            }
+        )
+    return out
+
+
+def _round_axis(ax, rounds: int) -> None:
+    ax.set_xlabel("round")
+    ax.set_xticks(range(1, rounds + 1))
+
+
+def plot_round_curves(
+    per_round: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | Path
+) -> list[Path]:
+    """Training success per round (and the not-admissible rate) for each run, on integer round ticks; runs
+    that overlap stay visible (distinct markers and line styles). A curve that never changes is not drawn:
+    a flat line on a magnified axis says nothing."""
+    runs = {k: v for k, v in per_round.items() if v}
+    if not runs:
         return []
     plt = pyplot()
     written = []
-    for title, keys in CURVES:
-        fig, ax = plt.subplots(figsize=(4.2, 2.8))
-        drawn = False
-        for name, rows in histories.items():
-            for key in keys:
-                pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
-                if not pts:
-                    continue
-                xs, ys = zip(*pts)
-                label = name if len(keys) == 1 else f"{name}: {key.split('_')[-1]} steps"
-                ax.plot(
-                    xs,
-                    ys,
-                    "-" if key == keys[0] else "--",
-                    marker="o",
-                    markersize=3,
-                    linewidth=1,
-                    label=label,
-                )
-                drawn = True
+    styles = [("o", "-"), ("s", "--"), ("^", ":")]
+    rounds = max(len(v) for v in runs.values())
+    for key, title, ylim in (
+        ("success_rate", "training success rate (rollouts, T=1)", (0, 1)),
+        ("inadmissible_rate", "not-admissible outputs (rollouts)", (0, 1)),
+    ):
+        values = [r[key] for rs in runs.values() for r in rs if r.get(key) is not None]
+        if not values or max(values) - min(values) < 1e-9:
+            continue
+        fig, ax = plt.subplots(figsize=(4.8, 3.0))
+        for (name, rs), (marker, style) in zip(runs.items(), styles):
+            pts = [(r["round"], r[key]) for r in rs if r.get(key) is not None]
+            ax.plot(*zip(*pts), style, marker=marker, markersize=5, linewidth=1.2, label=name, alpha=0.85)
+        ax.set_ylim(*ylim)
         ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-        if drawn:
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, "not logged in these runs", ha="center", va="center", transform=ax.transAxes)
-        slug = keys[0].replace("/", "_")
-        written.append(save_png(fig, Path(out_dir) / f"curve_{slug}.png"))
+        _round_axis(ax, rounds)
+        ax.legend(fontsize=7)
+        written.append(save_png(fig, Path(out_dir) / f"round_{key}.png"))
     return written
+
+
+def plot_judge_accuracy(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path | None:
+    """The judge's accuracy on good and on bad steps per round, with the majority-class rate."""
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    for key, label, marker in (("accuracy_good", "good steps", "o"), ("accuracy_bad", "bad steps", "s")):
+        pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "-", marker=marker, markersize=5, linewidth=1.2, label=label)
+    ax.plot(
+        [r["round"] for r in rows], [r["majority"] for r in rows], ":", color="grey", label="majority class"
+    )
+    ax.set_ylim(0, 1)
+    ax.set_title("GCD judge accuracy by label")
+    _round_axis(ax, len(rows))
+    ax.legend(fontsize=7)
+    return save_png(fig, out)
 
 
 def plot_results(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
@@ -142,10 +195,6 @@ def result_row(label: str, report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return not (a["ci"][1] < b["ci"][0] or b["ci"][1] < a["ci"][0])
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -183,25 +232,3 @@ def by_type_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             cells.append(f"{got['success']}/{got['episodes']}" if got else "-")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
-
-
-def verdicts(rows: Mapping[str, Mapping[str, Any]], pairs: Sequence[tuple[str, str]]) -> list[str]:
-    """One sentence per compared pair: a difference, or 'within noise' when the intervals overlap."""
-    out = []
-    for a, b in pairs:
-        if a not in rows or b not in rows:
-            continue
-        ra, rb = rows[a], rows[b]
-        diff = ra["success_rate"] - rb["success_rate"]
-        if overlap(ra, rb):
-            out.append(
-                f"- {a} vs {b}: {_pct(ra['success_rate'])}% vs {_pct(rb['success_rate'])}% "
-                f"({diff * 100:+.1f} points) is **within noise** at this sample size (the 95% intervals overlap)."
-            )
-        else:
-            word = "above" if diff > 0 else "below"
-            out.append(
-                f"- {a} is **{word}** {b}: {_pct(ra['success_rate'])}% vs {_pct(rb['success_rate'])}% "
-                f"({diff * 100:+.1f} points; the 95% intervals do not overlap)."
-            )
-    return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import os
 import random
@@ -236,7 +237,7 @@ class AlfWorldEnv(TextEnv):
             observation=room,
             task_description=self._task_description,
             admissible_actions=list(self._state["admissible_commands"]),
-            info={"game": game_dir, "task_type": self._task_type},
+            info={"game": game_dir, "task_type": self._task_type, "state": state_digest(self._state)},
         )
 
     def step(self, action: str) -> StepResult:
@@ -259,6 +260,7 @@ class AlfWorldEnv(TextEnv):
             score=1.0 if self._won else 0.0,
             done=self._done,
             won=self._won,
+            info={"state": state_digest(self._state)},
         )
 
     def expert_action(self) -> str | None:
@@ -416,6 +418,20 @@ def _as_expert_said(action: str, policy: Any) -> str:
     if target in policy.receptacles and target != policy.curr_recep:
         return "go to " + target
     return action
+
+
+# facts that record history, not the world: textworld keeps `not_<fact>` for every fact an action
+# removed, and the domain marks receptacles the agent has looked into as `checked`
+_HISTORY_FACTS = ("not_", "checked")
+
+
+def state_digest(state: Any) -> str:
+    """The engine's physical state (where the agent is, what it holds, what is open, where each object
+    lies and what was done to it: every PDDL fact but the history ones) as a short digest: equal exactly
+    when the game is back in the same state, whatever the observation says ("Nothing happens." is said in
+    many states)."""
+    facts = sorted(str(f) for f in state["_facts"] if not f.name.startswith(_HISTORY_FACTS))
+    return hashlib.sha1("\n".join(facts).encode()).hexdigest()[:16]
 
 
 def _snapshot(state: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ simulator (`python -m gcd_trl.envs.scienceworld --write-variations`), so splits 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -73,6 +74,15 @@ def _java_path() -> str:
 
 def _norm(action: str) -> str:
     return _WS_RE.sub(" ", action.strip().lower())
+
+
+def state_key(observation: str, objects: list[str], raw_score: int) -> str:
+    """What identifies a state for the judge's loop rule: the objects in reach (they change with the room,
+    containers and inventory), the score and the order-free observation. ScienceWorld has no cheap full-state
+    call, so two states that differ only out of reach can share a key; "Nothing happens." in two rooms
+    cannot."""
+    text = "\n".join([anchor_key(observation), str(raw_score), *objects])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def anchor_key(observation: str) -> str:
@@ -204,10 +214,12 @@ class ScienceWorldEnv(TextEnv):
         self._score = max(raw, 0)
         self._done = raw >= 100 or raw < 0
         self._task_description = self._call(self._sw.server.getTaskDescription)
+        objects = self._objects()
         info = {
             "anchor": anchor_key(observation),
+            "state": state_key(observation, objects, raw),
             "action_templates": self._templates(),
-            "objects": self._objects(),
+            "objects": objects,
             "score_delta": 0,
             "raw_score": raw,
             "failed": raw < 0,
@@ -248,12 +260,14 @@ class ScienceWorldEnv(TextEnv):
         self._score = score
         won = raw >= 100
         self._done = bool(completed) or won or raw < 0
+        objects = self._objects()
         info.update(
             anchor=anchor_key(observation),
+            state=state_key(observation, objects, raw),
             score_delta=delta,
             raw_score=raw,
             failed=raw < 0,
-            objects=self._objects(),
+            objects=objects,
         )
         return StepResult(
             observation=observation,

@@ -2,12 +2,14 @@
 
 The rules, on one trajectory's step records sorted by `step`:
 - **bad (0)**: the state the step's action was taken in comes back at a later step of the same
-  trajectory. The compared observation is each record's `anchor`: the raw env observation of the state
-  the action was taken in (for ScienceWorld an order-free form of it), i.e. the "current observation"
-  the agent was shown, without the invalid-output feedback. If the same anchor recurs at step t' > t,
-  the actions t..t'-1 led back to where step t started: step t made no progress (it may be useless,
-  as the paper puts it). An invalid output leaves the env where it was, so the next step has the same
-  anchor and the invalid step is bad.
+  trajectory. The compared key is each record's `state`: the env's identity of the state the action was
+  taken in (ALFWorld: a digest of the engine's facts; ScienceWorld: the objects in reach, the score and
+  the observation). The raw observation is not enough: "Nothing happens." is said in many states, so two
+  of them would collide and a step that made progress between them would be labelled bad. Records
+  without `state` (written before it existed) fall back to `anchor`, the raw observation. If the same
+  state recurs at step t' > t, the actions t..t'-1 led back to where step t started: step t made no
+  progress (it may be useless, as the paper puts it). An invalid output leaves the env where it was, so
+  the next step has the same state and the invalid step is bad.
 - **good (1)**: the last step of a successful trajectory (its `won` flag is set): it finished the task.
 - otherwise unlabelled (None). The two rules cannot clash: nothing comes after the last step.
 
@@ -26,17 +28,20 @@ GOOD, BAD = 1, 0
 SOURCES = ("rule", "external", "none")
 
 
+def state_of(record: Mapping[str, Any]) -> str:
+    """The key the loop rule compares: the record's `state`, else (older records) its `anchor`."""
+    state = record.get("state")
+    return f"state:{state}" if state is not None else f"anchor:{record['anchor']}"
+
+
 def rule_labels(trajectory: Sequence[Mapping[str, Any]]) -> list[int | None]:
     """Labels for one episode's step records, sorted by step: 0 bad, 1 good, None unlabelled."""
     steps = [int(r["step"]) for r in trajectory]
     if steps != sorted(steps) or len(set(steps)) != len(steps):
         raise ValueError(f"rule_labels: steps must be sorted and distinct, got {steps}")
-    last_seen: dict[str, int] = {}
-    for i, r in enumerate(trajectory):
-        last_seen[str(r["anchor"])] = i
-    labels: list[int | None] = [
-        BAD if last_seen[str(r["anchor"])] > i else None for i, r in enumerate(trajectory)
-    ]
+    keys = [state_of(r) for r in trajectory]
+    last_seen = {key: i for i, key in enumerate(keys)}
+    labels: list[int | None] = [BAD if last_seen[key] > i else None for i, key in enumerate(keys)]
     if trajectory and bool(trajectory[-1].get("won", False)):
         labels[-1] = GOOD
     return labels

@@ -23,7 +23,9 @@ Rules:
   to later steps that do not report them, so every prompt can list the actions.
 - Each step leaves one StepRecord. `anchor` is the raw env observation of the state the action was
   taken in (GiGPO's state key): after an invalid output it stays the previous env observation, because
-  the env state did not change.
+  the env state did not change. `state` is the env's key of that state (`info["state"]`: ALFWorld a
+  digest of the engine's facts), which the judge's loop rule compares: one observation text ("Nothing
+  happens.") is said in many states.
 - With meta reasoning the plan shown ({plan}) is the latest non-empty <planning> block of any answer,
   valid or not (RLVMR's env_manager keeps every output's planning).
 """
@@ -88,6 +90,7 @@ class StepRecord:
     won: bool
     admissible: bool | None = None
     raw_action: str | None = None
+    state: str | None = None  # the env's key of the state the action was taken in (the judge's loop rule)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +201,7 @@ class Episode:
             raise ValueError("the output was invalid and must not reach the env: pass None")
         # ScienceWorld lists objects in varying order: its adapter offers an order-free anchor
         anchor, shown = self.state.info.get("anchor", self.state.observation), self.observation
+        state_key = self.state.info.get("state")
 
         admissible = parsed.admissible
         if result is None:
@@ -246,6 +250,7 @@ class Episode:
                 won=won,
                 admissible=admissible,
                 raw_action=parsed.raw_action,
+                state=state_key,
             )
         )
         self._pending = None

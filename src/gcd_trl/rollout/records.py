@@ -12,6 +12,7 @@ A step record (`StepRecord.to_dict()` plus what the writer adds):
 | --- | --- | --- |
 | group, traj, step | int | which task group, which episode of the group, which step (from 0) |
 | anchor | str | the raw env observation of the state the action was taken in (GiGPO's key) |
+| state | str or null | the env's key of that state (ALFWorld: a digest of the engine's facts): the judge's loop rule compares it (null: older records, the anchor stands in) |
 | prompt, completion | str | the user message and the model's full answer |
 | action | str or null | what the env received (null: invalid output, env not stepped) |
 | valid | bool | the output is well-formed (a format error is invalid) |
@@ -55,6 +56,7 @@ OPTIONAL_STEP_FIELDS: dict[str, tuple[type, ...]] = {
     "reason": (str, type(None)),
     "admissible": (bool, type(None)),
     "raw_action": (str, type(None)),
+    "state": (str, type(None)),
     "tag": (str, type(None)),
     "env_reward": (int, float),
     "done": (bool,),
