@@ -24,14 +24,23 @@ def test_small_demo_writes_the_report(small_demo):
     out, stdout = small_demo
     report = (out / "report.md").read_text()
     assert f"Report: {out / 'report.md'}" in stdout
-    for heading in ("## What ran", "## Results on the held-out games", "## Learning checks", "## Plots"):
-        assert heading in report
-    assert "| policy | ALFWorld held-out (generated) success %" in report
+    for heading in (
+        "## What ran",
+        "## Results on the 3 held-out games",
+        "## The same policies on 2 held-out games in full rooms",
+        "## Learning checks",
+        "## The judge, round by round (RL+GCD)",
+        "## Plots",
+    ):
+        assert heading in report, heading
+    assert "the shipped warm start" in report  # the default start, named
+    assert "| policy | ALFWorld held-out (rooms cut to 5 receptacles) success %" in report
     for label in ("random", "expert", "SFT", "RL (GiGPO)", "RL+GCD (GiGPO)"):
         assert f"| {label} |" in report
-    assert "within noise" in report or "above" in report or "below" in report
+    assert "| RL (GiGPO) vs SFT |" in report and "| RL+GCD (GiGPO) vs RL (GiGPO) |" in report
+    assert "exact McNemar one-sided p" in report
     pngs = sorted((out / "plots").glob("*.png"))
-    assert len(pngs) >= 4 and all(p.stat().st_size > 1000 for p in pngs)
+    assert len(pngs) >= 2 and all(p.stat().st_size > 1000 for p in pngs)
     for png in pngs:
         assert f"(plots/{png.name})" in report
     results = json.loads((out / "results.json").read_text())
@@ -43,8 +52,18 @@ def test_small_demo_writes_the_report(small_demo):
         "RL+GCD (GiGPO)",
     ]
     assert all(r["episodes"] == 3 for r in results["heldout"])
+    assert [r["label"] for r in results["full_rooms"]] == ["SFT", "RL (GiGPO)"]
+    assert all(r["episodes"] == 2 for r in results["full_rooms"])
+    first = results["paired"][0]
+    assert (first["new"], first["old"], first["games"]) == ("RL (GiGPO)", "SFT", 3)
+    assert first["both"] + first["neither"] + first["new_only"] + first["old_only"] == 3
+    assert results["judge_rounds"] and results["judge_rounds"][0]["round"] == 1
+    assert results["start"] == "warm start"
     gcd_log = json.loads((out / "rl_gigpo_gcd" / "trainer_state.json").read_text())["log_history"]
     assert any("judge/prompts" in row for row in gcd_log), "the GCD run trained with judge samples"
+    # every game folder holds one room size, and the RL config names it
+    cfg = (out / "configs" / "rl_gigpo.yaml").read_text()
+    assert "max_receptacles: 5" in cfg and "dtype" not in cfg or "dtype: float32" in cfg
 
 
 def test_second_demo_run_reuses_every_stage(small_demo):
@@ -57,8 +76,8 @@ def test_second_demo_run_reuses_every_stage(small_demo):
 
 def test_a_failing_stage_stops_the_demo_with_its_name(tmp_path):
     (tmp_path / "configs").mkdir()
-    bad = tmp_path / "tiny-model"
-    bad.write_text("not a folder")  # the tiny-model stage cannot write here
+    bad = tmp_path / "data"
+    bad.write_text("not a folder")  # the games stages cannot write here
     proc = subprocess.run(
         [sys.executable, "-m", "gcd_trl.demo", "--small", "--out", str(tmp_path)],
         capture_output=True,
@@ -66,7 +85,7 @@ def test_a_failing_stage_stops_the_demo_with_its_name(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 1
-    assert "stage '1a tiny model' failed" in proc.stderr
+    assert "stage '1 games: train' failed" in proc.stderr
 
 
 def test_side_by_side_stages_record_each_one_and_name_the_failure(tmp_path):
@@ -107,3 +126,27 @@ def test_new_rounds_forget_rl_and_eval_only(tmp_path):
         and not (tmp_path / "rl_gigpo").exists()
         and not (tmp_path / "eval").exists()
     )
+
+
+def test_from_scratch_plans_the_cold_start_and_refuses_a_mixed_folder(tmp_path, monkeypatch):
+    """FROM_SCRATCH=1 keeps the older path (tiny model, make data, a short SFT) and RL starts from that SFT;
+    a folder made from the other start is refused, not mixed."""
+    from gcd_trl.demo import pipeline
+    from gcd_trl.demo.pipeline import Budget, Demo
+
+    planned = []
+    monkeypatch.setattr(
+        Demo, "stage", lambda self, name, commands, done_when=None: planned.append((name, commands))
+    )
+    demo = Demo(tmp_path, Budget.small(from_scratch=True))
+    kind, start = demo.start_model()
+    assert kind == "cold start" and start == tmp_path / "sft"
+    assert [name for name, _ in planned] == [
+        "2a tiny model",
+        "2b SFT data (make data)",
+        "2c cold start: SFT on agent + judge data",
+    ]
+    assert "--entity_tokens" in planned[0][1][0] and planned[1][1][0][:3] == ["make", "-s", "data"]
+    assert Demo(tmp_path, Budget.small()).start_model() == ("warm start", pipeline.WARM_START)
+    (tmp_path / "budget.json").write_text(json.dumps({**vars(Budget()), "from_scratch": True}))
+    assert pipeline.main(["--out", str(tmp_path)]) == 1  # started from scratch: FRESH=1 to change that

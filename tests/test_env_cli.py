@@ -99,6 +99,10 @@ def short_games(shared_dir, tmp_path_factory):
             "--generate_seed must be >= 0",
         ),
         (["generate-alfworld", "--generate_games", "1"], "--data_dir is required"),
+        (
+            ["generate-alfworld", "--data_dir", "x", "--generate_games", "1", "--max_receptacles", "2"],
+            "--max_receptacles must be >= 3",
+        ),
         # the old dashed spellings still work (hidden from -h)
         (["replay", "--env", "alfworld", "--games", ".", "--limit", "0"], "--max_tasks must be >= 1"),
         (

@@ -92,7 +92,7 @@ per_device_train_batch_size: 2
 learning_rate: 1.0e-5
 num_train_epochs: 5
 bf16: true
-gradient_checkpointing: true
+activation_checkpointing: true
 logging_steps: 10
 save_strategy: epoch
 report_to: tensorboard

@@ -1,8 +1,8 @@
 """`make demo`: a warm-started tiny model, RL with and without GCD on a room-size curriculum, evaluation,
 a report; offline on 2 CPU cores.
 
-    python -m gcd_trl.demo [--out runs/demo] [--rounds N] [--fresh] [--small] [--from_scratch]
-    (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1] [FROM_SCRATCH=1])
+    python -m gcd_trl.demo [--out runs/demo] [--rounds N] [--fresh] [--small] [--from_scratch] [--correction]
+    (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1] [FROM_SCRATCH=1] [CORRECTION=1])
 
 Stages (each one a `gcd-trl` command, printed before it runs; a finished stage leaves a marker in
 OUT/stages/ and is skipped on the next run, so a second `make demo` reuses what is built):
@@ -12,8 +12,9 @@ OUT/stages/ and is skipped on the next run, so a second `make demo` reuses what 
 2. the policy RL starts from: the shipped warm start (data/warm_start/, `make warm-start` rebuilds it;
    its provenance is in data/README.md); `--from_scratch` keeps the older path instead (a random-init
    tiny model, `make data`, a 5-minute SFT);
-3. GiGPO from it, twice at the same seed and budget: without and with GCD (co-training + golden rules;
-   rule labels, as no external judge is configured offline), side by side;
+3. GiGPO from it, twice at the same seed and budget: without and with GCD's co-training (the policy
+   judges its own steps in the same loop; rule labels, as no external judge is configured offline; golden
+   rules only with `--correction`: the tiny policy cannot write them), side by side;
 4. evaluation of random, expert, SFT and both RL checkpoints on the same held-out games (greedy, one
    episode a game, so policies are compared game by game), the learned policies in full rooms too, and
    the ScienceWorld expert on a few variations;
@@ -63,12 +64,13 @@ class Budget:
     full_max_episode_steps: int = 30
     from_scratch: bool = False
     sft_minutes: float = 5.0  # --from_scratch only
-    rounds: int = 6
+    rounds: int = 3
     tasks_per_round: int = 8
     num_generations: int = 8
     learning_rate: float = 1e-4
     ppo_mini_batch_size: int | None = 128
     judge_prompts_per_round: int = 8
+    correction: bool = False  # golden rules from the policy's own summaries (GCD's second half)
     scienceworld_tasks: int = 3
     seed: int = 0
 
@@ -303,9 +305,10 @@ class Demo:
             lr_scheduler_type="constant",
             ppo_mini_batch_size=b.ppo_mini_batch_size,
             bf16=True,  # float32 weights, bf16 autocast: ~2x faster steps on this CPU
-            save_strategy="steps",  # a checkpoint per optimizer step: `make analyze` reads the series
-            save_steps=1,
+            save_strategy="steps",  # checkpoints along the run: `make analyze` reads the series
+            save_steps=3,
             save_only_model=True,
+            max_tokens_per_microbatch=8192,
             logging_steps=1,
             seed=b.seed,
         )
@@ -315,9 +318,11 @@ class Demo:
             judge_prompts_per_round=b.judge_prompts_per_round,
             judge_num_generations=4,
             judge_template="critic_compact",
-            judge_max_completion_length=64,
+            judge_max_completion_length=96,  # the critic format's answers run ~75 tokens
             judge_class_balance=True,
-            correction=True,
+            # golden rules in the agent prompt need a policy that can write them: the tiny model's rules are
+            # word salad, and its prompt with them lost every win (docs/sft.md); --correction turns them on
+            correction=b.correction,
             correction_every=max(1, b.rounds // 2),
             max_rules=3,
         )
@@ -337,7 +342,7 @@ class Demo:
         eval_stages = []
         for split, games, steps, labels in (
             ("heldout", "heldout", b.max_episode_steps, list(policies)),
-            ("full", "heldout_full", b.full_max_episode_steps, ["SFT", *self.runs]),
+            ("full", "heldout_full", b.full_max_episode_steps, ["SFT", "RL (GiGPO)"]),
         ):
             common = dict(
                 environment="alfworld",
@@ -418,14 +423,22 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FROM_SCRATCH") == "1",
         help="Start RL from this run's own 5-minute cold start of a random-init tiny model, not the warm start.",
     )
+    parser.add_argument(
+        "--correction",
+        action="store_true",
+        default=os.environ.get("CORRECTION") == "1",
+        help="RL+GCD also writes golden rules into the agent prompt (off: the tiny policy's rules are noise).",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
     if args.small:
-        budget = Budget.small(args.rounds, args.from_scratch)
+        budget = replace(Budget.small(args.rounds, args.from_scratch), correction=args.correction)
     else:
-        budget = Budget(rounds=args.rounds or Budget.rounds, from_scratch=args.from_scratch)
+        budget = Budget(
+            rounds=args.rounds or Budget.rounds, from_scratch=args.from_scratch, correction=args.correction
+        )
     if args.fresh and out.exists():
         print(f"demo: FRESH=1, removing {out}", flush=True)
         shutil.rmtree(out)

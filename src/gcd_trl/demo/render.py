@@ -83,7 +83,14 @@ def write_report(demo: Any, sw_dir: Path) -> Path:
         f"The paper's pipeline on the tiny offline model and generated ALFWorld games of task types 1-2 in {rooms} "
         f"({b.train_games} games for RL, {b.heldout_games} held out; {b.full_heldout_games} held-out games of the "
         f"same seed in full rooms), on {platform.machine()} CPU, seed {b.seed}. The policy called SFT below is "
-        f"{start}. Numbers are what this run measured.",
+        f"{start}. RL+GCD is GCD's co-training: the policy also answers the paper's critic prompt about its "
+        "own steps in the same GRPO loop"
+        + (
+            ", and golden rules distilled from its critiques fill the agent prompt."
+            if b.correction
+            else " (golden rules off: the tiny policy cannot write usable ones, docs/sft.md)."
+        )
+        + " Numbers are what this run measured.",
         "",
         "## What ran",
         "",
