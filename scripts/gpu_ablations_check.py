@@ -57,9 +57,10 @@ def samples_for(vocab: int, n: int, seed: int = 0):
 def build(model_dir: str, out_dir: str, **over):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     kwargs = dict(
         output_dir=out_dir,

@@ -19,7 +19,8 @@ from gcd_trl.envs.alfworld import (
     split_intro,
     task_type_of,
 )
-from gcd_trl.envs.base import EnvSpec, Task, make_env
+from gcd_trl.envs.base import EnvSpec, Task
+from gcd_trl.envs.registry import make_env
 
 MAX_EXPERT_STEPS = 80
 # games (first trial of each) whose fast-downward plans take well under a second; planning some

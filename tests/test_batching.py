@@ -7,16 +7,15 @@ import random
 
 import pytest
 
-from gcd_trl.rollout.batching import (
+from gcd_trl.trainers.microbatch import (
     LOSS_TYPES,
-    RoundTaskSampler,
     RoundTotals,
     equalize_microbatches,
     microbatch_loss_scale,
     pack_microbatches,
     padded_tokens,
-    tasks_fingerprint,
 )
+from gcd_trl.trainers.sampler import RoundTaskSampler, tasks_fingerprint
 
 # ---------------------------------------------------------------------------------------------- sampler
 
@@ -135,9 +134,10 @@ def _trainer(model_dir, out_dir, peft=False, **overrides):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     kwargs = dict(output_dir=str(out_dir), use_cpu=True, bf16=False, report_to="none", num_generations=2)
     kwargs.update(

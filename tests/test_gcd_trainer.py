@@ -73,8 +73,10 @@ def scripted(trainer, seen_prompts, tag="think", seed=0):
 def make(model_dir, out_dir, tasks, pool, estimator="grpo", rows=(), **gcd_overrides):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments, GCDArguments
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.gcd.args import GCDArguments
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     rlvmr = estimator == "rlvmr"
     args = AgentGRPOConfig(

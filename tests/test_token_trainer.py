@@ -17,9 +17,10 @@ def _trainer(model_dir, out_dir, peft=False, **overrides):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     kwargs = dict(output_dir=str(out_dir), use_cpu=True, bf16=False, report_to="none", num_generations=2)
     kwargs.update(tasks_per_round=1, max_completion_length=16, max_tokens_per_microbatch=10_000)

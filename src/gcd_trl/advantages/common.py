@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-ESTIMATORS = ("grpo", "gigpo", "rlvmr", "gae")  # gae: PPO with a critic (gcd_trl.ppo; gae.py)
+ESTIMATORS = ("grpo", "gigpo", "rlvmr", "gae")  # gae: PPO with a critic (gcd_trl.trainers.ppo; gae.py)
 GRPO_FAMILY = ("grpo", "gigpo", "rlvmr")  # group-relative estimators (NTHR applies to these)
 NORMS = ("mean_std", "mean")
 GRPO_LEVELS = ("steps", "trajectories")
@@ -62,26 +62,27 @@ class AdvantageConfig:
     )
 
     def __post_init__(self) -> None:
+        """The one check of the advantage settings (the run config delegates here, naming its own keys)."""
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("norm", self.norm, NORMS)
         _choice("grpo_level", self.grpo_level, GRPO_LEVELS)
         _choice("step_reward", self.step_reward, STEP_REWARDS)
         if not self.success_reward > 0:
-            raise ValueError(f"success_reward={self.success_reward!r} must be > 0")
+            raise AdvantageConfigError("success_reward", self.success_reward, "must be > 0")
         if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma={self.gamma!r} must lie in [0, 1]")
+            raise AdvantageConfigError("gamma", self.gamma, "must lie in [0, 1]")
         if self.invalid_penalty < 0:
-            raise ValueError(f"invalid_penalty={self.invalid_penalty!r} must be >= 0")
+            raise AdvantageConfigError("invalid_penalty", self.invalid_penalty, "must be >= 0.0")
         if self.epsilon <= 0:
-            raise ValueError(f"epsilon={self.epsilon!r} must be > 0")
+            raise AdvantageConfigError("epsilon", self.epsilon, "must be > 0")
         t = self.similarity_threshold
         if t is not None and not 0.0 < t <= 1.0:
-            raise ValueError(
-                f"similarity_threshold={t!r} must lie in (0, 1] (or be None for identical anchors)"
+            raise AdvantageConfigError(
+                "similarity_threshold", t, "must lie in (0, 1] (or be None for identical anchors)"
             )
         if t is not None and t < 1.0 and self.estimator != "gigpo":
-            raise ValueError(
-                f"similarity_threshold applies to estimator gigpo only (estimator={self.estimator!r})"
+            raise AdvantageConfigError(
+                "similarity_threshold", t, f"applies to estimator gigpo only (estimator={self.estimator!r})"
             )
 
     @classmethod
@@ -126,9 +127,17 @@ class RecordError(ValueError):
         super().__init__(f"record {index}: {problem}")
 
 
+class AdvantageConfigError(ValueError):
+    """An impossible advantage setting: `field` (an AdvantageConfig field), its `value`, the `problem`."""
+
+    def __init__(self, field: str, value: Any, problem: str):
+        self.field, self.value, self.problem = field, value, problem
+        super().__init__(f"{field}={value!r} {problem}")
+
+
 def _choice(name: str, value: str, options: Sequence[str]) -> None:
     if value not in options:
-        raise ValueError(f"{name}={value!r} must be one of {', '.join(options)}")
+        raise AdvantageConfigError(name, value, f"is not one of {', '.join(map(repr, options))}")
 
 
 def factorize(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, Sequence[Any]]:

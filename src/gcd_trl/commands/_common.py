@@ -9,7 +9,6 @@ Nothing here imports torch, TRL or an env engine at module level: `gcd-trl -h` s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import re
@@ -19,59 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gcd_trl.dist import print_once, world_size
+
 REPO_ACCELERATE_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "accelerate"
 # Named like TRL's; a name is looked up in configs/accelerate/ first, then in trl/accelerate_configs.
 ACCELERATE_CONFIG_NAMES = ("cpu", "single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2")
 
-# report_to value -> (module to import, how to install it)
-REPORTERS: dict[str, tuple[str, str]] = {
-    "tensorboard": ("tensorboard", "pip install tensorboard (a default dependency of gcd-trl)"),
-    "trackio": ("trackio", "pip install 'gcd-trl[trackio]'"),
-    "wandb": ("wandb", "pip install 'gcd-trl[wandb]'"),
-    "mlflow": ("mlflow", "pip install mlflow"),
-    "comet_ml": ("comet_ml", "pip install comet_ml"),
-    "clearml": ("clearml", "pip install clearml"),
-    "swanlab": ("swanlab", "pip install swanlab"),
-    "dvclive": ("dvclive", "pip install dvclive"),
-    "neptune": ("neptune", "pip install neptune"),
-    "codecarbon": ("codecarbon", "pip install codecarbon"),
-}
-
 
 class CommandError(ValueError):
     """A bad input found by shared command code (printed as `gcd-trl COMMAND: MESSAGE`, exit 2)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Ranks and printing
-
-
-def process_rank() -> int:
-    """This process's global rank under torchrun / accelerate / deepspeed (0 when launched alone).
-
-    Read from the environment, so it works before (and without) a process group."""
-    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
-def world_size() -> int:
-    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 1
-
-
-def is_main_process() -> bool:
-    return process_rank() == 0
-
-
-def print_once(*args: Any, file=None, **kwargs: Any) -> None:
-    """`print` to stderr on the main process only: status lines, and errors every rank finds alike."""
-    if is_main_process():
-        kwargs.setdefault("flush", True)
-        print(*args, file=sys.stderr if file is None else file, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,23 +283,6 @@ def maybe_launch(command: str, args: argparse.Namespace, rest: list[str]) -> int
 
 # ---------------------------------------------------------------------------------------------------------
 # Checks before a model loads
-
-
-def check_report_to(report_to: str | Sequence[str] | None) -> None:
-    """Every `report_to` integration must be importable: fail before the model loads, naming the package
-    and how to install it (transformers would only fail after loading the model)."""
-    if report_to is None:
-        return
-    names = [report_to] if isinstance(report_to, str) else list(report_to)
-    for name in names:
-        name = str(name).strip()
-        if name in ("", "none", "all"):
-            continue
-        module, how = REPORTERS.get(name, (None, None))
-        if module is None:
-            continue  # transformers knows it (or rejects it with its own message)
-        if importlib.util.find_spec(module) is None:
-            raise CommandError(f"report_to={name}: the {module!r} package is not installed ({how})")
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:

@@ -29,6 +29,9 @@ def _bool(text: str) -> bool:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from gcd_trl.advantages.common import GRPO_FAMILY, GRPO_LEVELS, NORMS, STEP_REWARDS, AdvantageConfig
+
+    d = AdvantageConfig()  # the defaults: the run config's and the references'
     p = sub.add_parser(
         "advantages",
         help="Add advantages to step records (JSONL in, JSONL out).",
@@ -42,62 +45,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--advantage_estimator",
-        choices=("grpo", "gigpo", "rlvmr"),
+        choices=GRPO_FAMILY,
         default=None,
         help="The estimator (required; the run config key advantage_estimator).",
     )
-    add_alias(p, "--estimator", dest="advantage_estimator", choices=("grpo", "gigpo", "rlvmr"))
+    add_alias(p, "--estimator", dest="advantage_estimator", choices=GRPO_FAMILY)
     p.add_argument("--input", required=True, help="JSONL file of step records ('-' for stdin).")
     p.add_argument(
         "--output",
         default="-",
         help="Where to write the JSONL ('-': stdout); its folder is created, the file written atomically.",
     )
-    p.add_argument("--gamma", type=finite_float, default=0.95, help="Discount of GiGPO step returns.")
-    p.add_argument("--omega", type=finite_float, default=1.0, help="Weight of the step-level advantage.")
+    p.add_argument("--gamma", type=finite_float, default=d.gamma, help="Discount of GiGPO step returns.")
+    p.add_argument("--omega", type=finite_float, default=d.omega, help="Weight of the step-level advantage.")
     p.add_argument(
         "--step_adv_norm",
-        choices=("mean_std", "mean"),
-        default="mean_std",
+        choices=NORMS,
+        default=d.norm,
         help="(x-mean)/(std+1e-6) with the unbiased std, or x-mean.",
     )
-    add_alias(p, "--norm", dest="step_adv_norm", choices=("mean_std", "mean"))
+    add_alias(p, "--norm", dest="step_adv_norm", choices=NORMS)
     p.add_argument(
         "--invalid_penalty",
         type=finite_float,
-        default=0.1,
+        default=d.invalid_penalty,
         help="Subtracted from an invalid step's scores.",
     )
     add_alias(p, "--invalid-penalty", dest="invalid_penalty", type=finite_float)
     p.add_argument(
         "--similarity_threshold",
         type=finite_float,
-        default=None,
+        default=d.similarity_threshold,
         help="GiGPO: group anchors at least this similar (difflib ratio); None: identical only.",
     )
     add_alias(p, "--similarity-threshold", dest="similarity_threshold", type=finite_float)
     p.add_argument(
         "--success_reward",
         type=finite_float,
-        default=10.0,
+        default=d.success_reward,
         help="Episode reward of a won trajectory, for records with `won` but no episode_reward "
         "(verl-agent and RLVMR: 10).",
     )
     add_alias(p, "--success-reward", dest="success_reward", type=finite_float)
     p.add_argument(
         "--gigpo_step_reward",
-        choices=("success", "dense"),
-        default="success",
+        choices=STEP_REWARDS,
+        default=d.step_reward,
         help="GiGPO step rewards for records without step_reward: the success reward on the last step "
         "(the references) or success_reward x env_reward (dense ScienceWorld score deltas).",
     )
-    add_alias(p, "--step-reward", dest="gigpo_step_reward", choices=("success", "dense"))
+    add_alias(p, "--step-reward", dest="gigpo_step_reward", choices=STEP_REWARDS)
     p.add_argument(
         "--reflection_at_first_step",
         type=_bool,
         nargs="?",
         const=True,
-        default=True,
+        default=d.reflection_at_first_step,
         metavar="BOOL",
         help="RLVMR: pay <reflection> at a trajectory's first step (RLVMR's code does).",
     )
@@ -111,11 +114,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_alias(p, "--no-reflection-at-first-step", dest="reflection_at_first_step", action="store_false")
     p.add_argument(
         "--grpo_level",
-        choices=("steps", "trajectories"),
-        default="steps",
+        choices=GRPO_LEVELS,
+        default=d.grpo_level,
         help="Episode statistics over step samples (verl-agent) or one value per trajectory.",
     )
-    add_alias(p, "--grpo-level", dest="grpo_level", choices=("steps", "trajectories"))
+    add_alias(p, "--grpo-level", dest="grpo_level", choices=GRPO_LEVELS)
     p.set_defaults(func=run)
 
 

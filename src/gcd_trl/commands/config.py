@@ -96,7 +96,8 @@ def run_check(args: argparse.Namespace) -> int:
     except CommandError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from gcd_trl.config import ConfigError, check_yaml, parse_rl_config, resolved_dict
+    from gcd_trl.config import ConfigError, check_yaml
+    from gcd_trl.trainers.grpo_config import RL_DATACLASSES, parse_rl_config, resolved_dict
 
     overrides = list(args.overrides)
     note = ""
@@ -105,7 +106,7 @@ def run_check(args: argparse.Namespace) -> int:
         overrides += ["--bf16", "false", "--use_vllm", "false"]
         note = " (no GPU here: checked with bf16=false, use_vllm=false)"
     try:
-        explicit = set(check_yaml(args.file))
+        explicit = set(check_yaml(args.file, RL_DATACLASSES))
         parts = parse_rl_config(["--config", args.file, *overrides])
         fidelity = fidelity_summary(parts[0], parts[1])
     except ConfigError as err:
@@ -120,11 +121,11 @@ def run_check(args: argparse.Namespace) -> int:
 def fidelity_summary(train: Any, env: Any) -> dict[str, Any]:
     """The reference-relevant settings of a parsed run, resolved, with what differs from the references."""
     from gcd_trl.config import ConfigError
-    from gcd_trl.prompts import TemplateError, default_agent_template
+    from gcd_trl.prompts import TemplateError
     from gcd_trl.rollout.collector import resolve_history
 
     estimator = train.advantage_estimator
-    template = env.prompt_template or default_agent_template(env.environment, bool(env.meta_reasoning))
+    template = env.template_name()
     try:
         history = resolve_history(env, template)
     except TemplateError as err:

@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ENVS = ("alfworld", "scienceworld")
+from gcd_trl.envs.base import ENV_NAMES
+from gcd_trl.envs.splits import LEVELS
+
 PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish", "absent")
 
 
@@ -33,6 +35,7 @@ class ArgError(ValueError):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from gcd_trl.commands._common import add_alias
+    from gcd_trl.rollout.expert import expert_budgets
 
     p = sub.add_parser("data", help="Build agent and judge SFT datasets.")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATASET")
@@ -43,11 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Play the expert (and a perturbed policy labelled by the expert) and write one chat "
         "conversation per step, prompts rendered exactly as RL renders them.",
     )
-    a.add_argument("--environment", choices=ENVS, default=None, help="alfworld (default) or scienceworld.")
-    add_alias(a, "--env", dest="environment", choices=ENVS)
+    a.add_argument(
+        "--environment", choices=ENV_NAMES, default=None, help="alfworld (default) or scienceworld."
+    )
+    add_alias(a, "--env", dest="environment", choices=ENV_NAMES)
     src = a.add_mutually_exclusive_group()
     src.add_argument("--games", help="ALFWorld: a directory of games (searched recursively).")
-    src.add_argument("--split", choices=("L0", "L1", "L2"), help="A benchmark split level.")
+    src.add_argument("--split", choices=LEVELS, help="A benchmark split level.")
     a.add_argument("--part", choices=("train", "test"), default="train", help="Part of --split.")
     a.add_argument("--data_dir", default=None, help="ALFWorld --split: the folder holding json_2.1.1.")
     add_alias(a, "--data-dir", dest="data_dir")
@@ -100,9 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_alias(a, "--policy-episodes", dest="policy_episodes", nargs="+")
     a.add_argument("--max_perturbations", type=int, default=4, help="Mistakes per recovery episode, at most.")
     add_alias(a, "--max-perturbations", dest="max_perturbations", type=int)
-    a.add_argument(
-        "--expert_max_steps", type=int, default=None, help="Default 50 alfworld, 100 scienceworld."
-    )
+    a.add_argument("--expert_max_steps", type=int, default=None, help=f"Default: {expert_budgets()}.")
     add_alias(a, "--expert-max-steps", dest="expert_max_steps", type=int)
     a.add_argument("--keep_failed", action="store_true", help="Keep expert episodes the expert lost.")
     add_alias(a, "--keep-failed", dest="keep_failed", action="store_true")
@@ -200,7 +203,9 @@ def _endpoint(args: argparse.Namespace, needed: bool, votes: int = 1):
 
 def env_arguments(args: argparse.Namespace):
     """The RL prompt settings: an RL config's env section, with the options given here on top."""
-    from gcd_trl.config import ConfigError, EnvArguments, parse_rl_config
+    from gcd_trl.config import ConfigError
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import parse_rl_config
 
     values: dict[str, Any] = {}
     if args.rl_config:
@@ -272,9 +277,9 @@ def run_agent(args: argparse.Namespace) -> int:
         _check_agent_args(args)
         from gcd_trl.commands.env import select_tasks
         from gcd_trl.data.agent import AgentSFTConfig
-        from gcd_trl.prompts import TemplateError, default_agent_template, load_template
+        from gcd_trl.prompts import TemplateError, agent_template_name, load_template
 
-        name = env_args.prompt_template or default_agent_template(args.environment, env_args.meta_reasoning)
+        name = agent_template_name(env_args.prompt_template, args.environment, env_args.meta_reasoning)
         try:
             load_template(name, "agent")
         except TemplateError as err:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from gcd_trl.commands._common import add_alias
+from gcd_trl.envs.base import ENV_NAMES
+from gcd_trl.envs.splits import LEVELS
 
-LEVELS = ("L0", "L1", "L2")
 JVM_HEAP = re.compile(r"^\d+[kmgKMG]$")  # as EnvArguments checks jvm_heap
 
 
@@ -35,6 +36,8 @@ class ArgError(ValueError):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from gcd_trl.rollout.expert import expert_budgets
+
     p = sub.add_parser("env", help="Generate ALFWorld games, write expert data, replay the expert.")
     esub = p.add_subparsers(dest="env_command", required=True, metavar="ACTION")
 
@@ -90,10 +93,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q = esub.add_parser(
             name, help=helptext, description=helptext, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
-        q.add_argument(
-            "--environment", choices=("alfworld", "scienceworld"), help="The environment. Required."
-        )
-        add_alias(q, "--env", dest="environment", choices=("alfworld", "scienceworld"))
+        q.add_argument("--environment", choices=ENV_NAMES, help="The environment. Required.")
+        add_alias(q, "--env", dest="environment", choices=ENV_NAMES)
         src = q.add_mutually_exclusive_group()
         src.add_argument("--games", help="ALFWorld: a directory of games (searched recursively).")
         src.add_argument("--split", choices=LEVELS, help="A benchmark split level.")
@@ -129,8 +130,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--max_episode_steps",
             type=int,
             default=None,
-            help="Env steps per episode; None: 50 alfworld, 100 scienceworld (expert paths run longer "
-            "than the RL limit).",
+            help=f"Env steps per episode; None: {expert_budgets()} (expert paths run longer than the RL "
+            "limit).",
         )
         add_alias(q, "--max-steps", dest="max_episode_steps", type=int)
         q.add_argument("--history_length", type=int, default=2, help="History pairs shown in the prompt.")
@@ -257,70 +258,32 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def _template(args: argparse.Namespace) -> str:
-    from gcd_trl.prompts import TemplateError, default_agent_template, load_template
+    from gcd_trl.prompts import TemplateError, agent_template_name, load_template
 
     try:
-        return load_template(
-            args.prompt_template or default_agent_template(args.environment, args.meta_reasoning)
-        )
+        return load_template(agent_template_name(args.prompt_template, args.environment, args.meta_reasoning))
     except TemplateError as err:
         raise ArgError(f"--prompt_template: {err}") from None
-
-
-def _type_key(task: Any) -> Any:
-    return task.task_type if task.env == "alfworld" else task.task_name
-
-
-def round_robin(tasks: list, limit: int | None) -> list:
-    """Up to `limit` tasks taken in turn from each type, keeping split order within a type."""
-    if limit is None or limit >= len(tasks):
-        return tasks
-    queues: dict[Any, list] = {}
-    for t in tasks:
-        queues.setdefault(_type_key(t), []).append(t)
-    picked: list = []
-    while len(picked) < limit:
-        for q in queues.values():
-            if q and len(picked) < limit:
-                picked.append(q.pop(0))
-    return picked
 
 
 def select_tasks(args: argparse.Namespace) -> list:
     """The tasks named by --games/--split/--part/--task_types/--scienceworld_tasks/--max_tasks (no env
     is started)."""
-    from gcd_trl.envs.base import Task
+    from gcd_trl.envs.tasks import select_tasks as select
 
-    if args.environment == "alfworld" and args.games:
-        from gcd_trl.envs.alfworld import list_games, task_type_of
-
-        games = list_games(args.games, task_types=args.task_types)
-        tasks = [
-            Task(env="alfworld", split=Path(args.games).name, game=g, task_type=task_type_of(g))
-            for g in games
-        ]
-        if not tasks:
-            raise ArgError(
-                f"--games {args.games}: no playable ALFWorld games found (game.tw-pddl + traj_data.json)"
-            )
-    else:
-        from gcd_trl.envs.splits import split_tasks
-
-        tasks = split_tasks(args.environment, args.split, args.part, args.data_dir)
-        if args.task_types:
-            tasks = [t for t in tasks if t.task_type in args.task_types]
-        if args.scienceworld_tasks:
-            known = {t.task_name for t in tasks}
-            unknown = [n for n in args.scienceworld_tasks if n not in known]
-            if unknown:
-                raise ArgError(
-                    f"--scienceworld_tasks: {unknown[0]!r} is not a task of {args.split} {args.part}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            tasks = [t for t in tasks if t.task_name in args.scienceworld_tasks]
-    if not tasks:
-        raise ArgError("no tasks match the given --split/--part/--task_types/--scienceworld_tasks options")
-    return round_robin(tasks, args.max_tasks)
+    try:
+        return select(
+            args.environment,
+            args.split,
+            args.part,
+            args.data_dir,
+            games=args.games or None,
+            task_types=args.task_types,
+            scienceworld_tasks=args.scienceworld_tasks,
+            max_tasks=args.max_tasks,
+        )
+    except ValueError as err:
+        raise ArgError(str(err)) from None
 
 
 def _pddl_error(domain: str, problem: str) -> str | None:
@@ -377,7 +340,7 @@ def task_id(task: Any, games_root: str | None) -> str:
 
 def _prepare(args: argparse.Namespace) -> tuple[list, str, Any, dict[str, str]]:
     """Tasks, template, env spec and the tasks found unplayable before any env starts (id -> reason)."""
-    from gcd_trl.envs.base import EnvSpec
+    from gcd_trl.rollout.settings import EnvArguments
 
     _check_common(args)
     template = _template(args)
@@ -392,12 +355,12 @@ def _prepare(args: argparse.Namespace) -> tuple[list, str, Any, dict[str, str]]:
             first = next(iter(bad.items()))
             raise ArgError(f"none of the {len(tasks)} games can be played; e.g. {first[0]}: {first[1]}")
         tasks = [t for t in tasks if task_id(t, args.games) not in bad]
-    spec = EnvSpec(
-        env=args.environment,
+    spec = EnvArguments(
+        environment=args.environment,
         jvm_heap=args.jvm_heap,
         simplifications=args.simplifications,
         alfworld_expert=args.alfworld_expert,
-    )
+    ).spec()
     return tasks, template, spec, bad
 
 

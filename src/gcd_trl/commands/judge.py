@@ -160,12 +160,14 @@ _FLAG_TO_FIELD = {
 def judge_settings(args: argparse.Namespace):
     """GCDArguments from the config file's GCD keys, then the command-line flags (gcd itself is ignored:
     labelling does not train)."""
-    from gcd_trl.config import GCDArguments, check_yaml
+    from gcd_trl.config import check_yaml
+    from gcd_trl.gcd.args import GCDArguments
+    from gcd_trl.trainers.grpo_config import RL_DATACLASSES
 
     fields = {f.name for f in dataclasses.fields(GCDArguments)} - {"gcd"}
     values = {}
     if args.config:
-        values = {k: v for k, v in check_yaml(args.config).items() if k in fields}
+        values = {k: v for k, v in check_yaml(args.config, RL_DATACLASSES).items() if k in fields}
     for flag, name in _FLAG_TO_FIELD.items():
         if getattr(args, flag) is not None:
             values[name] = getattr(args, flag)

@@ -14,13 +14,9 @@ import argparse
 import json
 import os
 
-from gcd_trl.commands._common import (
-    add_trl_command,
-    check_report_to,
-    is_main_process,
-    print_once,
-    trl_prelude,
-)
+from gcd_trl.commands._common import add_trl_command, trl_prelude
+from gcd_trl.config import check_report_to
+from gcd_trl.dist import is_main_process, print_once
 
 DESCRIPTION = (
     "Supervised cold start with TRL's SFTTrainer on chat datasets mixed by weight. Every field below can "
@@ -40,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def sft_dataclasses() -> tuple:
-    from gcd_trl.sft import SFT_DATACLASSES
+    from gcd_trl.trainers.sft import SFT_DATACLASSES
 
     return SFT_DATACLASSES
 
@@ -50,14 +46,14 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     argv = trl_prelude(args, rest, "sft", sft_dataclasses, DESCRIPTION)
     if isinstance(argv, int):  # -h, or the launched processes' exit code
         return argv
-    from gcd_trl.commands._common import CommandError
-    from gcd_trl.sft import SFTInputError, parse_sft_config, run_sft
+    from gcd_trl.config import ConfigError
+    from gcd_trl.trainers.sft import SFTInputError, parse_sft_config, run_sft
 
     try:
         train, data, model = parse_sft_config(argv)
         check_report_to(train.report_to)
         summary = run_sft(train, data, model)
-    except (SFTInputError, CommandError) as err:
+    except (SFTInputError, ConfigError) as err:
         print_once(f"gcd-trl sft: {err}")  # every rank finds the same problem: say it once
         return 2
     if is_main_process():

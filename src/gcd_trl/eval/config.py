@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gcd_trl.config import ConfigError, EnvArguments, _at_least, _choice, check_yaml
+from gcd_trl.config import ConfigError, check_at_least, check_choice, check_yaml
+from gcd_trl.rollout.settings import EnvArguments
 
 POLICIES = ("model", "openai", "expert", "random")
 BACKENDS = ("hf", "vllm")
@@ -74,18 +75,18 @@ class EvalArguments:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
-        _choice("policy", self.policy, POLICIES)
-        _choice("backend", self.backend, BACKENDS)
-        _at_least("num_samples", self.num_samples, 1)
-        _at_least("max_new_tokens", self.max_new_tokens, 1)
-        _at_least("temperature", self.temperature, 0.0)
-        _at_least("top_k", self.top_k, 0)
-        _at_least("seed", self.seed, 0)
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
-        _at_least("concurrency", self.concurrency, 1)
-        _at_least("request_timeout", self.request_timeout, 0.001)
-        _at_least("max_retries", self.max_retries, 0)
+        check_choice("policy", self.policy, POLICIES)
+        check_choice("backend", self.backend, BACKENDS)
+        check_at_least("num_samples", self.num_samples, 1)
+        check_at_least("max_new_tokens", self.max_new_tokens, 1)
+        check_at_least("temperature", self.temperature, 0.0)
+        check_at_least("top_k", self.top_k, 0)
+        check_at_least("seed", self.seed, 0)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
+        check_at_least("concurrency", self.concurrency, 1)
+        check_at_least("request_timeout", self.request_timeout, 0.001)
+        check_at_least("max_retries", self.max_retries, 0)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p={self.top_p!r} must lie in (0, 1]")
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:

@@ -31,13 +31,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gcd_trl import files
 from gcd_trl.gcd.judge import parse_judgement, render_judge_prompt
 from gcd_trl.gcd.labels import record_key
 from gcd_trl.generation import Generation, to_chat
@@ -89,18 +89,7 @@ class DiskCache:
         with self._lock:
             self._mem[key] = merged
         if self.root is not None:
-            path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({**meta, "answers": merged}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            files.write_json_atomic(self._path(key), {**meta, "answers": merged}, fsync=True, indent=None)
         return merged
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from gcd_trl.envs.base import Task
 from gcd_trl.generation import Generation
-from gcd_trl.prompts import HistoryDefaults, default_agent_template, history_defaults, load_template
+from gcd_trl.prompts import HistoryDefaults, history_defaults, load_template
 from gcd_trl.rollout.episode import Episode, StepRecord
 
 
@@ -103,7 +103,7 @@ class RolloutCollector:
         self.sync_max = sync_max
         self.meta_reasoning = meta_reasoning
         self.progress = progress
-        name = env_args.prompt_template or default_agent_template(env_args.environment, meta_reasoning)
+        name = env_args.template_name(meta_reasoning)
         self.template = template if template is not None else load_template(name, "agent")
         self.suggestions = env_args.suggestions
         self.history = resolve_history(env_args, name, self.template)

@@ -28,14 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcd_trl.envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
 from gcd_trl.envs.alfworld import AlfWorldEnv
-from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv, make_env
+from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv
+from gcd_trl.envs.registry import make_env
+from gcd_trl.envs.tasks import task_type_name
 from gcd_trl.prompts import default_agent_template, load_template
 from gcd_trl.rollout.episode import Episode
 
 _TASK_LEAD = re.compile(r"^your task is to:?\s*", re.I)
-DEFAULT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}  # expert paths run longer than the RL limit
+# steps an expert episode may take (expert paths run longer than the RL limit); data and `gcd-trl env` default to it
+EXPERT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}
+
+
+def expert_budgets() -> str:
+    """EXPERT_MAX_STEPS in words, for help texts: "50 alfworld, 100 scienceworld"."""
+    return ", ".join(f"{n} {env}" for env, n in EXPERT_MAX_STEPS.items())
 
 
 def _goal(task_description: str) -> str:
@@ -275,7 +282,7 @@ def iter_expert(
                 if template is not None
                 else load_template(default_agent_template(task.env, meta_reasoning))
             )
-            steps = max_steps or DEFAULT_MAX_STEPS[task.env]
+            steps = max_steps or EXPERT_MAX_STEPS[task.env]
             try:
                 if live is None:
                     live = make_env(spec)  # type: ignore[arg-type]
@@ -314,11 +321,7 @@ def summarize(results: Sequence[ExpertEpisode], wall_time_s: float) -> dict[str,
     steps = [r.episode.num_steps for r in results if r.episode is not None]
     by_type: dict[str, dict[str, Any]] = {}
     for r in results:
-        if r.task.env == "alfworld":
-            key = ALFWORLD_TASK_TYPES.get(r.task.task_type or 0, str(r.task.task_type))
-        else:
-            key = str(r.task.task_name)
-        entry = by_type.setdefault(key, {"episodes": 0, "won": 0})
+        entry = by_type.setdefault(task_type_name(r.task), {"episodes": 0, "won": 0})
         entry["episodes"] += 1
         entry["won"] += int(r.won)
     for entry in by_type.values():

@@ -16,7 +16,7 @@ that everything else (rollouts, batching, loss types, checkpoints) stays the lea
   backbone. The head has its own AdamW (its gradient averaged over processes by hand), is written to every
   checkpoint and to the output folder (value_head.safetensors) and restored on resume.
 
-`gcd_trl.ppo.AgentPPOTrainer` builds on this class for the critic's token-level GAE advantages.
+`gcd_trl.trainers.ppo.AgentPPOTrainer` builds on this class for the critic's token-level GAE advantages.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import disable_gradient_checkpointing
 
+from gcd_trl import files
 from gcd_trl.advantages.nthr import group_success_rate, nthr_weights, prediction_errors
-from gcd_trl.rollout.batching import pack_microbatches
 from gcd_trl.rollout.collector import StepSample
-from gcd_trl.trainer import AgentGRPOTrainer, _Update
-from gcd_trl.value_head import (
+from gcd_trl.trainers.grpo import AgentGRPOTrainer, _Update
+from gcd_trl.trainers.microbatch import pack_microbatches
+from gcd_trl.trainers.value_head import (
     ValueHead,
     accuracy_counts,
     accuracy_metrics,
@@ -351,8 +352,8 @@ class AgentTokenTrainer(AgentGRPOTrainer):
             folder = (
                 Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save(self.value_head_optimizer.state_dict(), folder / VALUE_HEAD_OPTIMIZER)
+            state = self.value_head_optimizer.state_dict()
+            files.write_atomic(folder / VALUE_HEAD_OPTIMIZER, lambda tmp: torch.save(state, tmp))
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):

@@ -1,6 +1,6 @@
-"""Round geometry, free of models: which tasks a round plays, how its samples are cut into micro-batches
-under a token budget, how every process gets the same number of micro-batches, and how each micro-batch's
-loss is scaled so the round's gradient does not depend on the cut.
+"""Micro-batches, free of models: how a round's samples are cut into micro-batches under a token budget,
+how every process gets the same number of micro-batches, and how each micro-batch's loss is scaled so the
+round's gradient does not depend on the cut.
 
 A round is one optimizer step. Its samples (one per env step, variable in number) are packed into
 micro-batches whose padded size (rows x (longest prompt + longest completion)) stays within
@@ -11,11 +11,8 @@ too few samples, adds padding micro-batches whose only row carries no loss (`com
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 # TRL loss types, by how TRL normalises one micro-batch (trl/trainer/grpo_trainer.py `_compute_loss`):
 # the sum of token losses divided by `num_items_in_batch` (a global token count) ...
@@ -25,106 +22,6 @@ LOCAL_TOKEN_MEAN_LOSSES = ("bnpo",)
 # ... or a mean over the micro-batch's rows (of a per-sequence mean, sum, or sum / max_completion_length).
 ROW_MEAN_LOSSES = ("grpo", "sapo", "luspo", "dr_grpo")
 LOSS_TYPES = TOKEN_SUM_LOSSES + LOCAL_TOKEN_MEAN_LOSSES + ROW_MEAN_LOSSES
-
-
-# ------------------------------------------------------------------------------------------------------
-# Task sampling
-
-
-class RoundTaskSampler:
-    """Which tasks round r plays: round-robin through shuffled epochs of the task list.
-
-    Positions r*T .. r*T+T-1 of an endless sequence made of permutations of the N tasks, permutation e
-    drawn from (seed, e). Round r is a pure function of (seed, r), so the sampler's whole state is the
-    round cursor: a resumed run that restores it plays exactly the tasks the uninterrupted run would.
-    Process p of P plays the p-th contiguous slice of T/P tasks of each round.
-    """
-
-    def __init__(
-        self,
-        num_tasks: int,
-        tasks_per_round: int,
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        num_processes: int = 1,
-        process_index: int = 0,
-        fingerprint: str = "",
-    ) -> None:
-        if num_tasks < 1:
-            raise ValueError("RoundTaskSampler: the task list is empty")
-        if tasks_per_round < 1:
-            raise ValueError(f"RoundTaskSampler: tasks_per_round={tasks_per_round} must be >= 1")
-        if tasks_per_round % num_processes:
-            raise ValueError(
-                f"RoundTaskSampler: tasks_per_round={tasks_per_round} is not divisible by "
-                f"{num_processes} processes"
-            )
-        if not 0 <= process_index < num_processes:
-            raise ValueError(f"RoundTaskSampler: process_index={process_index} not in 0..{num_processes - 1}")
-        self.num_tasks, self.tasks_per_round = num_tasks, tasks_per_round
-        self.seed, self.shuffle = seed, shuffle
-        self.num_processes, self.process_index = num_processes, process_index
-        self.fingerprint = fingerprint
-        self.round = 0  # the next round to play
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            order = list(range(self.num_tasks))
-            if self.shuffle:
-                random.Random(f"{self.seed}:{epoch}").shuffle(order)  # str seeds hash stably (sha512)
-            if len(self._perms) > 4:
-                self._perms.clear()
-            self._perms[epoch] = order
-        return self._perms[epoch]
-
-    def global_round(self, r: int) -> list[int]:
-        """The task indices of round r, over all processes."""
-        start = r * self.tasks_per_round
-        return [
-            self._perm(p // self.num_tasks)[p % self.num_tasks]
-            for p in range(start, start + self.tasks_per_round)
-        ]
-
-    def local_round(self, r: int) -> list[int]:
-        """This process's share of round r."""
-        per = self.tasks_per_round // self.num_processes
-        return self.global_round(r)[self.process_index * per : (self.process_index + 1) * per]
-
-    def next_round(self) -> list[int]:
-        """This process's tasks for the next round; advances the cursor."""
-        out = self.local_round(self.round)
-        self.round += 1
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "num_tasks": self.num_tasks,
-            "tasks_per_round": self.tasks_per_round,
-            "fingerprint": self.fingerprint,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the cursor; refuse a state made for another task list or round size."""
-        for key in ("seed", "shuffle", "num_tasks", "tasks_per_round", "fingerprint"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"task sampler state does not match this run: {key}={state[key]!r} in the checkpoint, "
-                    f"{getattr(self, key)!r} now (resume with the same tasks, seed and tasks_per_round)"
-                )
-        self.round = int(state["round"])
-
-
-def tasks_fingerprint(rows: Sequence[Any]) -> str:
-    """A short stable hash of the task list, so a checkpoint is not resumed onto other tasks."""
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(repr(sorted(row.items()) if isinstance(row, dict) else row).encode())
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -249,21 +249,14 @@ def set_threads(train_args: SFTConfig, data_args: SFTDataArguments) -> None:
 
 
 def check_model_path(name: str) -> None:
-    """A local model folder must hold a saved model; a Hub id must be cached when offline."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise SFTInputError(
-                f"model_name_or_path {name}: the folder has no config.json (not a saved model)"
-            )
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise SFTInputError(f"model_name_or_path {name}: no such folder")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
+    """`config.check_model_path`, as an SFT input error."""
+    from gcd_trl.config import ConfigError
+    from gcd_trl.config import check_model_path as check
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise SFTInputError(f"model_name_or_path {name}: not a folder and not in the hub cache (offline)")
+    try:
+        check(name)
+    except ConfigError as err:
+        raise SFTInputError(str(err)) from None
 
 
 def build_trainer(train_args: SFTConfig, data_args: SFTDataArguments, model_args: ModelConfig):

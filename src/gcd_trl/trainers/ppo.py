@@ -32,7 +32,6 @@ root module (not verified here). LoRA on the actor leaves the critic a full mode
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,15 @@ import torch
 from accelerate.utils import DistributedType
 from trl.models.utils import disable_gradient_checkpointing
 
+from gcd_trl import files
 from gcd_trl.advantages import records_to_batch
 from gcd_trl.advantages.gae import gae_advantages, token_rewards
 from gcd_trl.advantages.grpo import episode_scores
-from gcd_trl.rollout.batching import pack_microbatches
 from gcd_trl.rollout.collector import StepSample
-from gcd_trl.token_trainer import AgentTokenTrainer, _model_path
-from gcd_trl.trainer import AgentGRPOTrainer, _Update
-from gcd_trl.value_head import load_pretrained_weights
+from gcd_trl.trainers.grpo import AgentGRPOTrainer, _Update
+from gcd_trl.trainers.microbatch import pack_microbatches
+from gcd_trl.trainers.token import AgentTokenTrainer, _model_path
+from gcd_trl.trainers.value_head import load_pretrained_weights
 
 CRITIC_DIR = "critic"
 CRITIC_OPTIMIZER = "optimizer.pt"
@@ -335,10 +335,8 @@ class AgentPPOTrainer(AgentTokenTrainer):
             folder = (
                 Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            (folder / CRITIC_DIR).mkdir(parents=True, exist_ok=True)
-            tmp = folder / CRITIC_DIR / f"{CRITIC_OPTIMIZER}.tmp"
-            torch.save(self.critic_optimizer.state_dict(), tmp)
-            os.replace(tmp, folder / CRITIC_DIR / CRITIC_OPTIMIZER)
+            state = self.critic_optimizer.state_dict()
+            files.write_atomic(folder / CRITIC_DIR / CRITIC_OPTIMIZER, lambda tmp: torch.save(state, tmp))
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -353,12 +351,3 @@ class AgentPPOTrainer(AgentTokenTrainer):
             )
         load_pretrained_weights(self.accelerator.unwrap_model(self.critic), folder)
         self.critic_optimizer.load_state_dict(torch.load(opt, map_location=self.accelerator.device))
-
-
-def trainer_class(args) -> type[AgentGRPOTrainer]:
-    """The trainer a run config asks for: PPO for gae; the token-level trainer for NTHR or the value head."""
-    if args.advantage_estimator == "gae":
-        return AgentPPOTrainer
-    if getattr(args, "nthr", False) or getattr(args, "value_head_coef", 0.0) > 0:
-        return AgentTokenTrainer
-    return AgentGRPOTrainer

@@ -40,33 +40,28 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import identity, pad, use_adapter
 
+from gcd_trl import files
 from gcd_trl.advantages import AdvantageConfig, compute_advantage_terms
-from gcd_trl.checkpoints import JUDGE_STATE_NAME, SAMPLER_STATE_NAME
-from gcd_trl.config import derive_max_steps
+from gcd_trl.dist import sum_over_processes
 from gcd_trl.envs.base import Task
+from gcd_trl.envs.tasks import task_type_name
 from gcd_trl.gcd.task import JudgeTask
 from gcd_trl.generation import Generation, to_chat
-from gcd_trl.rollout.batching import (
+from gcd_trl.rollout.collector import RolloutCollector, StepSample
+from gcd_trl.rollout.records import write_jsonl_atomic
+from gcd_trl.trainers.checkpoints import JUDGE_STATE_NAME, SAMPLER_STATE_NAME
+from gcd_trl.trainers.grpo_config import derive_max_steps
+from gcd_trl.trainers.microbatch import (
     LOSS_TYPES,
-    RoundTaskSampler,
     RoundTotals,
     equalize_microbatches,
     microbatch_loss_scale,
     pack_microbatches,
     padded_tokens,
-    tasks_fingerprint,
 )
-from gcd_trl.rollout.collector import RolloutCollector, StepSample
-from gcd_trl.rollout.records import write_jsonl_atomic
+from gcd_trl.trainers.sampler import RoundTaskSampler, tasks_fingerprint
 
 SAMPLE_KINDS = ("agent", "judge")
-
-
-def _write_json_atomic(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _chunk(items: list, parts: int, k: int) -> list:
@@ -284,6 +279,7 @@ class AgentGRPOTrainer(GRPOTrainer):
                 f"but environment={env_args.environment!r}"
             )
         self.env_args, self.gcd_args = env_args, gcd_args
+        self.meta_reasoning = env_args.meta_reasoning_for(args.advantage_estimator)
         # held-out tasks for the `eval_steps` hook (gcd_trl.eval, greedy, every task once)
         self.eval_tasks = [Task.from_dict(dict(r)) for r in eval_dataset] if eval_dataset is not None else []
         derive_max_steps(args, env_args)
@@ -349,23 +345,12 @@ class AgentGRPOTrainer(GRPOTrainer):
     @property
     def env_pool(self):
         if self._env_pool is None:
-            from gcd_trl.envs.base import EnvSpec
-            from gcd_trl.envs.pool import EnvPool
-
             ea = self.env_args
-            spec = EnvSpec(
-                ea.environment,
-                jvm_heap=ea.jvm_heap,
-                simplifications=ea.simplifications,
-                alfworld_expert=ea.alfworld_expert,
-            )
             num_envs = (
                 ea.num_envs
                 or self.task_sampler.tasks_per_round // self.accelerator.num_processes * self.num_generations
             )
-            self._env_pool = EnvPool(
-                spec, num_envs, step_timeout=ea.step_timeout, reset_timeout=ea.reset_timeout
-            )
+            self._env_pool = ea.make_pool(num_envs)
         return self._env_pool
 
     def close(self) -> None:
@@ -383,7 +368,7 @@ class AgentGRPOTrainer(GRPOTrainer):
                 self.env_args,
                 generate=self._generate_turn,
                 sync_max=self._sync_max if self.accelerator.num_processes > 1 else None,
-                meta_reasoning=bool(self.env_args.meta_reasoning),
+                meta_reasoning=self.meta_reasoning,
                 progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
             )
             self._collector.suggestions = self._suggestions()
@@ -846,7 +831,7 @@ class AgentGRPOTrainer(GRPOTrainer):
 
     def _auxiliary_loss(self, model, mb: dict[str, Any]) -> torch.Tensor | None:
         """Hook: an extra loss term of this micro-batch, from its loss forward (the value-head classifier of
-        gcd_trl.token_trainer), added after the loss scale. None: nothing to add."""
+        gcd_trl.trainers.token), added after the loss scale. None: nothing to add."""
         return None
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
@@ -888,9 +873,11 @@ class AgentGRPOTrainer(GRPOTrainer):
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         """Success on the held-out tasks with the current weights, through `gcd_trl.eval` and this trainer's
-        generation backend (greedy), in the training env pool, sharded over processes. Logs and returns
-        `eval/success_rate`, `eval/mean_steps`, `eval/invalid_rate`, `eval/repeated_rate`, `eval/episodes`."""
+        generation backend (greedy), in the training env pool, sharded over processes. Logs and returns the
+        rates `gcd-trl eval` reports (`eval.report.episode_rates`: `eval/success_rate`, `eval/mean_steps`,
+        `eval/invalid_rate`, `eval/inadmissible_rate`, `eval/repeated_rate`, ...), and `eval/episodes`."""
         from gcd_trl.eval import evaluate as play
+        from gcd_trl.eval.report import COUNT_KEYS, episode_rates
 
         tasks = (
             [Task.from_dict(dict(r)) for r in eval_dataset] if eval_dataset is not None else self.eval_tasks
@@ -912,24 +899,13 @@ class AgentGRPOTrainer(GRPOTrainer):
                 sync_max=self._sync_max if acc.num_processes > 1 else None,
                 shard=(acc.process_index, acc.num_processes),
                 progress=acc.is_main_process and not self.args.disable_tqdm,
-                meta_reasoning=bool(self.env_args.meta_reasoning),
+                meta_reasoning=self.meta_reasoning,
             )
-        keys = ("episodes", "success", "steps", "invalid", "repeated")
-        totals = torch.tensor(
-            [float(report["local"][k]) for k in keys], dtype=torch.float64, device=acc.device
-        )
-        if acc.num_processes > 1:
-            totals = acc.reduce(totals, reduction="sum")
-        n, wins, steps, invalid, repeated = totals.tolist()
+        totals = sum_over_processes(acc, [report["local"][k] for k in COUNT_KEYS])
+        rates = episode_rates(dict(zip(COUNT_KEYS, totals)))
         p = metric_key_prefix
-        metrics = {
-            f"{p}/episodes": n,
-            f"{p}/success_rate": wins / max(n, 1),
-            f"{p}/mean_steps": steps / max(n, 1),
-            f"{p}/invalid_rate": invalid / max(steps, 1),
-            f"{p}/repeated_rate": repeated / max(steps, 1),
-            f"{p}/time": time.perf_counter() - t0,
-        }
+        metrics = {f"{p}/{k}": float(v) for k, v in rates.items() if k != "success" and v is not None}
+        metrics[f"{p}/time"] = time.perf_counter() - t0
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -1039,9 +1015,9 @@ class AgentGRPOTrainer(GRPOTrainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(folder, exist_ok=True)
-            _write_json_atomic(os.path.join(folder, SAMPLER_STATE_NAME), self._sampler_state())
+            files.write_json_atomic(os.path.join(folder, SAMPLER_STATE_NAME), self._sampler_state())
             if self.judge_task is not None:  # golden rules, static-row cursor, external judge budget
-                _write_json_atomic(os.path.join(folder, JUDGE_STATE_NAME), self.judge_task.state_dict())
+                files.write_json_atomic(os.path.join(folder, JUDGE_STATE_NAME), self.judge_task.state_dict())
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -1112,18 +1088,11 @@ class AgentGRPOTrainer(GRPOTrainer):
             logs["extra"]["validity"].append(validity)
             logs["extra"]["action"].append(action)
 
-    def _type_name(self, task: Task) -> str:
-        if task.env == "alfworld":
-            from gcd_trl.envs.alfworld import TASK_TYPES
-
-            return TASK_TYPES.get(task.task_type or 0, str(task.task_type))
-        return str(task.task_name)
-
     def _tally_round(self, eps, n_ep: float, wins: float, length: float, invalid: float, n: float) -> None:
         """`rollout/success_rate/<task type>` for this round (all processes), and the run's running totals
         for `summary.json`. The type keys come from the full task list, the same on every process."""
         if not hasattr(self, "_run_totals"):
-            self._type_of = {t.key: self._type_name(t) for t in self.tasks}
+            self._type_of = {t.key: task_type_name(t) for t in self.tasks}
             self._type_keys = sorted(set(self._type_of.values()))
             self._run_totals = {"rounds": 0, "episodes": 0.0, "wins": 0.0, "steps": 0.0, "invalid": 0.0}
             self._run_totals.update(samples=0.0, by_type={k: [0.0, 0.0] for k in self._type_keys})
@@ -1189,7 +1158,7 @@ class AgentGRPOTrainer(GRPOTrainer):
             "output_dir": a.output_dir,
         }
         os.makedirs(a.output_dir, exist_ok=True)
-        _write_json_atomic(os.path.join(a.output_dir, "summary.json"), summary)
+        files.write_json_atomic(os.path.join(a.output_dir, "summary.json"), summary)
         lines = [
             f"gcd-trl: run summary ({os.path.join(a.output_dir, 'summary.json')})",
             f"  {summary['estimator']} on {e.environment} {summary['split']}: {summary['rounds_this_session']} rounds, "
