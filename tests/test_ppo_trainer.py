@@ -205,8 +205,8 @@ def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_task
     """Deng et al.'s p is the share of the group's episodes won, not of its positive step samples: 4 of 8
     episodes won, the 4 failures twice as long, gives p = 0.5 and eta = 2|0.5 - p| = 0."""
     import gcd_trl.trainers.token as token_trainer
-    from gcd_trl.rollout.collector import StepSample
     from gcd_trl.rollout.episode import StepRecord
+    from gcd_trl.rollout.samples import AgentSample
 
     trainer = make(tiny_model_dir, tmp_path, alfworld_tasks, pool, nthr=True, save_strategy="no")
     seen = []
@@ -221,7 +221,7 @@ def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_task
             last = step == length - 1
             record = StepRecord(0, traj, step, f"obs {step}", "p", "c", "look", True, None, "think", 0.0,
                                 last, won and last)
-            samples.append(StepSample([1, 2, 3], list(ids), record, False, False, advantage=1.0 if won else -1.0))
+            samples.append(AgentSample([1, 2, 3], list(ids), advantage=1.0 if won else -1.0, record=record))
     trainer._nthr(samples)
     positive_share = 8 / (8 + 16)
     assert len(seen) == 1 and seen[0]["p"] == 0.5 != positive_share

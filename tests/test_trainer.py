@@ -429,7 +429,7 @@ def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():
     """The trainer-vs-vLLM log-prob gap skips padding and tokens vLLM gave no log-prob for (NaN)."""
     import torch
 
-    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.metrics import sampling_gap
 
     nan = float("nan")
     mb = {
@@ -438,7 +438,7 @@ def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():
         "sampling_per_token_logps": torch.tensor([[-1.5, -2.0, 0.0], [nan, nan, nan]]),
         "importance_sampling_ratio": torch.tensor([[0.5], [1.0]]),
     }
-    gap, ratio = AgentGRPOTrainer._sampling_gap(mb)
+    gap, ratio = sampling_gap(mb)
     assert gap.tolist() == [0.5, 0.0]
     assert ratio.tolist() == [0.5, 0.5]
 

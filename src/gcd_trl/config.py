@@ -19,6 +19,7 @@ import os
 import types
 import typing
 from collections.abc import Sequence
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +126,51 @@ def check_yaml(path: str | os.PathLike, classes: Sequence[type]) -> dict[str, An
     return data
 
 
+def parse_dataclasses(
+    argv: list[str], classes: Sequence[type], defaults: dict[str, Any] | None = None
+) -> tuple:
+    """`--config FILE` plus `--key value` overrides, parsed by TRL's `TrlParser` into `classes` (`defaults`
+    replace the dataclasses' own). The file is checked first (`check_yaml`); argparse's and the dataclasses'
+    own errors become ConfigError."""
+    from trl import TrlParser
+
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a file path")
+        check_yaml(argv[i + 1], classes)
+    parser = TrlParser(list(classes))
+    if defaults:
+        parser.set_defaults(**defaults)
+    try:
+        return tuple(parser.parse_args_and_config(argv))
+    except ConfigError:
+        raise
+    except SystemExit as err:  # argparse already printed which argument is wrong
+        raise ConfigError(
+            f"invalid command-line or config value (see the message above): exit {err.code}"
+        ) from err
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parameter precision: bf16 parameters under a plain optimizer lose every update below their resolution
 
 LOW_PRECISION_DTYPES = ("bfloat16", "float16", "half", "bf16", "fp16")
 LOW_PRECISION_OPT_IN = "low_precision_parameters"
+
+
+def low_precision_field() -> Any:
+    """The `low_precision_parameters` opt-in field of every training config (RL, SFT, value SFT)."""
+    return field(
+        default=False,
+        metadata={
+            "help": "Allow training bf16/fp16 parameters with a plain optimizer (no fp32 master weights: small "
+            "updates vanish). Default: refused; load in float32 with bf16: true, or launch with DeepSpeed/FSDP."
+        },
+    )
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -194,6 +235,18 @@ def check_parameter_precision(
         "weights, so updates below bf16's resolution vanish (at lr 1e-6 only ~2% of the entries move). Load "
         "in float32 (`dtype: float32`) and compute in bf16 with `bf16: true`, launch with DeepSpeed or FSDP "
         f"(they keep fp32 masters), or set `{LOW_PRECISION_OPT_IN}: true` to train {name} parameters anyway"
+    )
+
+
+def check_training_precision(train_args: Any, model_args: Any, allowed: bool) -> str | None:
+    """`check_parameter_precision` for a run's arguments: the dtype of `model_init_kwargs` (TRL's) or else
+    ModelConfig's, and LoRA from ModelConfig."""
+    return check_parameter_precision(
+        (getattr(train_args, "model_init_kwargs", None) or {}).get("dtype", model_args.dtype),
+        train_args,
+        model_args.model_name_or_path,
+        use_peft=bool(model_args.use_peft),
+        allowed=allowed,
     )
 
 

@@ -68,21 +68,27 @@ class AdvantageConfig:
         _choice("grpo_level", self.grpo_level, GRPO_LEVELS)
         _choice("step_reward", self.step_reward, STEP_REWARDS)
         if not self.success_reward > 0:
-            raise AdvantageConfigError("success_reward", self.success_reward, "must be > 0")
+            raise AdvantageConfigError("success_reward", self.success_reward, "{field}={value} must be > 0")
         if not 0.0 <= self.gamma <= 1.0:
-            raise AdvantageConfigError("gamma", self.gamma, "must lie in [0, 1]")
+            raise AdvantageConfigError("gamma", self.gamma, "{field}={value} must lie in [0, 1]")
         if self.invalid_penalty < 0:
-            raise AdvantageConfigError("invalid_penalty", self.invalid_penalty, "must be >= 0.0")
+            raise AdvantageConfigError(
+                "invalid_penalty", self.invalid_penalty, "{field}={value} must be >= 0.0"
+            )
         if self.epsilon <= 0:
-            raise AdvantageConfigError("epsilon", self.epsilon, "must be > 0")
+            raise AdvantageConfigError("epsilon", self.epsilon, "{field}={value} must be > 0")
         t = self.similarity_threshold
         if t is not None and not 0.0 < t <= 1.0:
             raise AdvantageConfigError(
-                "similarity_threshold", t, "must lie in (0, 1] (or be None for identical anchors)"
+                "similarity_threshold",
+                t,
+                "{field}={value} must lie in (0, 1] (or be None for identical anchors)",
             )
         if t is not None and t < 1.0 and self.estimator != "gigpo":
             raise AdvantageConfigError(
-                "similarity_threshold", t, f"applies to estimator gigpo only (estimator={self.estimator!r})"
+                "similarity_threshold",
+                t,
+                "{field} applies to {estimator}=gigpo only, not " + repr(self.estimator),
             )
 
     @classmethod
@@ -128,16 +134,32 @@ class RecordError(ValueError):
 
 
 class AdvantageConfigError(ValueError):
-    """An impossible advantage setting: `field` (an AdvantageConfig field), its `value`, the `problem`."""
+    """An impossible advantage setting: `field` (an AdvantageConfig field), its `value`, and the `problem` as
+    a template naming fields in braces ({field}, {value}, other fields), so the run config can name its
+    own keys (`render`)."""
 
     def __init__(self, field: str, value: Any, problem: str):
         self.field, self.value, self.problem = field, value, problem
-        super().__init__(f"{field}={value!r} {problem}")
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        """The message, with each field called what `names` maps it to (default: its own name)."""
+        names = dict(names or {})
+
+        class _Names(dict):
+            def __missing__(self, key: str) -> str:
+                return names.get(key, key)
+
+        return self.problem.format_map(
+            _Names(field=names.get(self.field, self.field), value=repr(self.value))
+        )
 
 
 def _choice(name: str, value: str, options: Sequence[str]) -> None:
     if value not in options:
-        raise AdvantageConfigError(name, value, f"is not one of {', '.join(map(repr, options))}")
+        raise AdvantageConfigError(
+            name, value, "{field}={value} is not one of " + ", ".join(map(repr, options))
+        )
 
 
 def factorize(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, Sequence[Any]]:

@@ -16,10 +16,10 @@ from gcd_trl.envs.alfworld import EXPERTS as ALFWORLD_EXPERTS
 from gcd_trl.envs.base import ENV_NAMES, EnvSpec
 from gcd_trl.envs.splits import ALFWORLD_ALL, LEVELS, PARTS
 from gcd_trl.prompts import agent_template_name
+from gcd_trl.rollout.episode import INVALID_FEEDBACK
+from gcd_trl.rollout.parse import INADMISSIBLE_MODES
 
 SPLITS = (*LEVELS, ALFWORLD_ALL)  # "all": every game under data_dir (ALFWorld)
-INADMISSIBLE_ACTIONS = ("env", "invalid")
-INVALID_FEEDBACK = ("env", "reason")
 
 
 @dataclass
@@ -139,7 +139,7 @@ class EnvArguments:
         check_at_least("max_episode_steps", self.max_episode_steps, 1)
         check_at_least("history_length", self.history_length, -1)
         check_at_least("reasoning_history", self.reasoning_history, 0)
-        check_choice("inadmissible_action", self.inadmissible_action, INADMISSIBLE_ACTIONS)
+        check_choice("inadmissible_action", self.inadmissible_action, INADMISSIBLE_MODES)
         check_choice("invalid_feedback", self.invalid_feedback, INVALID_FEEDBACK)
         check_at_least("num_envs", self.num_envs, 1)
         check_at_least("max_tasks", self.max_tasks, 1)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trl import GRPOConfig, ModelConfig, TrlParser
+from trl import GRPOConfig, ModelConfig
 
 from gcd_trl.advantages.common import GRPO_FAMILY, RUN_FIELDS, AdvantageConfig, AdvantageConfigError
-from gcd_trl.config import ConfigError, check_at_least, check_yaml
+from gcd_trl.config import ConfigError, check_at_least, low_precision_field, parse_dataclasses
 from gcd_trl.gcd.args import GCDArguments
 from gcd_trl.rollout.settings import EnvArguments
 
@@ -104,13 +104,7 @@ class AgentGRPOConfig(GRPOConfig):
         default=True,
         metadata={"help": "Write each round's step records and advantages to output_dir/rollouts/."},
     )
-    low_precision_parameters: bool = field(
-        default=False,
-        metadata={
-            "help": "Allow training bf16/fp16 parameters with a plain optimizer (no fp32 master weights: small "
-            "updates vanish). Default: refused; load in float32 with bf16: true, or launch with DeepSpeed/FSDP."
-        },
-    )
+    low_precision_parameters: bool = low_precision_field()
     # ---- PPO with a critic (advantage_estimator: gae), the value-head classifier, NTHR: docs/baselines.md ----
     gae_gamma: float = field(default=1.0, metadata={"help": "GAE discount over a step's tokens (verl: 1.0)."})
     gae_lambda: float = field(default=1.0, metadata={"help": "GAE lambda over a step's tokens (verl: 1.0)."})
@@ -229,8 +223,7 @@ def check_advantage_fields(c: Any) -> AdvantageConfig:
     try:
         return AdvantageConfig.from_args(c)
     except AdvantageConfigError as err:
-        key = RUN_FIELDS.get(err.field, err.field)
-        raise ConfigError(f"{key}={err.value!r} {err.problem}") from None
+        raise ConfigError(err.render(RUN_FIELDS)) from None
 
 
 def _check_ablation_fields(c: AgentGRPOConfig) -> None:
@@ -271,23 +264,7 @@ def parse_rl_config(
     argv: list[str] | None = None,
 ) -> tuple[AgentGRPOConfig, EnvArguments, GCDArguments, ModelConfig]:
     """Parse `--config FILE` plus command-line overrides, then check cross-field rules."""
-    argv = list(argv or [])
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ConfigError("--config needs a file path")
-        check_yaml(argv[i + 1], RL_DATACLASSES)
-    parser = TrlParser(RL_DATACLASSES)
-    try:
-        train, env, gcd, model = parser.parse_args_and_config(argv)
-    except ConfigError:
-        raise
-    except SystemExit as err:  # argparse already printed which argument is wrong
-        raise ConfigError(
-            f"invalid command-line or config value (see the message above): exit {err.code}"
-        ) from err
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    train, env, gcd, model = parse_dataclasses(argv or [], RL_DATACLASSES)
     env = env.resolved(train.advantage_estimator)  # meta_reasoning decided, on a copy
     check_combination(train, env, gcd, model)
     return train, env, gcd, model

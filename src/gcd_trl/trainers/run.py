@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from gcd_trl.config import ConfigError, check_model_path, check_parameter_precision, check_report_to
+from gcd_trl.config import ConfigError, check_model_path, check_report_to, check_training_precision
 from gcd_trl.dist import is_main_process, print_once
 from gcd_trl.rollout.settings import build_eval_tasks, build_tasks
 
@@ -51,13 +51,7 @@ def prepare(argv: list[str]):
     check_report_to(train.report_to)
     env.load_template()
     check_model_path(model_args.model_name_or_path)
-    check_parameter_precision(
-        (train.model_init_kwargs or {}).get("dtype", model_args.dtype),
-        train,
-        model_args.model_name_or_path,
-        use_peft=bool(model_args.use_peft),
-        allowed=train.low_precision_parameters,
-    )
+    check_training_precision(train, model_args, train.low_precision_parameters)
     try:  # which checkpoint, decided now: an incomplete newest one falls back to the previous one
         train.resume_from_checkpoint = resolve_resume(train.resume_from_checkpoint, train.output_dir)
     except ValueError as err:

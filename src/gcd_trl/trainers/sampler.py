@@ -1,4 +1,5 @@
-"""Which tasks each round plays: a seeded, resumable walk through shuffled epochs of the task list."""
+"""Which tasks each round plays: the training dataset's tasks (`split_rows`) and a seeded, resumable walk
+through shuffled epochs of them (`RoundTaskSampler`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import hashlib
 import random
 from collections.abc import Sequence
 from typing import Any
+
+from gcd_trl.envs.base import Task
 
 
 class RoundTaskSampler:
@@ -102,3 +105,25 @@ def tasks_fingerprint(rows: Sequence[Any]) -> str:
     for row in rows:
         h.update(repr(sorted(row.items()) if isinstance(row, dict) else row).encode())
     return h.hexdigest()[:16]
+
+
+def split_rows(rows: list[dict], env_args: Any, gcd_on: bool) -> tuple[list[Task], list[dict]]:
+    """The dataset's episode tasks and (GCD) static judge rows: one dataset interleaves them, `kind` tells
+    them apart. ValueError names a row kind, env or combination the run cannot use."""
+    if not rows:
+        raise ValueError("AgentGRPOTrainer: train_dataset (one row per task) is empty")
+    kinds = sorted({r.get("kind") or "episode" for r in rows} - {"episode", "judge"})
+    if kinds:
+        raise ValueError(f"AgentGRPOTrainer: train_dataset has rows of kind {kinds[0]!r} (episode | judge)")
+    judge_rows = [r for r in rows if r.get("kind") == "judge"]
+    tasks = [Task.from_dict(r) for r in rows if (r.get("kind") or "episode") == "episode"]
+    if not tasks:
+        raise ValueError("AgentGRPOTrainer: train_dataset has judge rows but no episode tasks")
+    if judge_rows and not gcd_on:
+        raise ValueError("AgentGRPOTrainer: train_dataset has judge rows (kind=judge) but gcd is off")
+    bad = sorted({t.env for t in tasks} - {env_args.environment})
+    if bad:
+        raise ValueError(
+            f"AgentGRPOTrainer: train_dataset has tasks of env {bad[0]!r} but environment={env_args.environment!r}"
+        )
+    return tasks, judge_rows

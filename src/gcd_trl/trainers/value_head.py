@@ -67,6 +67,13 @@ class ValueHead(nn.Module):
         self.load_state_dict(state)
 
 
+def model_path(model: Any) -> str | None:
+    """The folder or Hub id a model argument names (a path, or a loaded model's `_name_or_path`)."""
+    if isinstance(model, str | os.PathLike):
+        return str(model)
+    return getattr(getattr(model, "config", None), "_name_or_path", None)
+
+
 def find_head_file(path: str | os.PathLike | None) -> Path | None:
     """The head file at `path` (a file, or a folder holding value_head.safetensors), or None."""
     if not path:

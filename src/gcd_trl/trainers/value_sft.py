@@ -1,6 +1,7 @@
 """Cold start with the value-head classifier (paper Table 3 "value SFT"): agent SFT plus a scalar head.
 
-    python -m gcd_trl.trainers.value_sft --config configs/ablations/value_sft_alfworld_qwen2.5-1.5b.yaml [--key value]
+    gcd-trl value-sft --config configs/ablations/value_sft_alfworld_qwen2.5-1.5b.yaml [--key value]
+    python -m gcd_trl.trainers.value_sft --config FILE                  # the same
 
 The paper's alternatives to the generative judge at cold start: "vanilla SFT" trains on agent data only,
 "generative SFT" adds critic conversations (judge data, `gcd-trl sft` with a judge dataset), "value SFT"
@@ -34,7 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from trl import ModelConfig
 
+from gcd_trl.config import ConfigError, check_training_precision, low_precision_field
 from gcd_trl.trainers.value_head import (
     ValueHead,
     accuracy_counts,
@@ -60,13 +63,7 @@ class ValueSFTArguments:
         default_factory=list,
         metadata={"help": "Agent SFT datasets (folders or .jsonl/.parquet with messages)."},
     )
-    low_precision_parameters: bool = field(
-        default=False,
-        metadata={
-            "help": "Allow training bf16/fp16 parameters with a plain optimizer (no fp32 master weights). "
-            "Default: refused; load in float32 with bf16: true, or launch with DeepSpeed/FSDP."
-        },
-    )
+    low_precision_parameters: bool = low_precision_field()
     value_data: list[str] = field(
         default_factory=list,
         metadata={
@@ -95,6 +92,9 @@ class ValueSFTArguments:
             raise ValueSFTError(f"value_head_coef={self.value_head_coef!r} must be >= 0")
         if self.max_length < 8:
             raise ValueSFTError(f"max_length={self.max_length!r} must be >= 8")
+
+
+VALUE_SFT_DATACLASSES = (TrainingArguments, ValueSFTArguments, ModelConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -292,9 +292,9 @@ class ValueSFTTrainer(Trainer):
 def parse_config(argv: list[str]):
     """`--config FILE` plus `--key value` overrides -> (TrainingArguments, ValueSFTArguments, ModelConfig)."""
     import yaml
-    from trl import ModelConfig, TrlParser
+    from trl import TrlParser
 
-    classes = (TrainingArguments, ValueSFTArguments, ModelConfig)
+    classes = VALUE_SFT_DATACLASSES
     if "--config" in argv:
         path = Path(argv[argv.index("--config") + 1])
         if not path.is_file():
@@ -312,12 +312,8 @@ def parse_config(argv: list[str]):
         raise ValueSFTError("model_name_or_path is not set")
     if model.use_peft:
         raise ValueSFTError("use_peft: the value SFT trains the full model (the paper's cold start)")
-    from gcd_trl.config import ConfigError, check_parameter_precision
-
     try:
-        check_parameter_precision(
-            model.dtype, train, model.model_name_or_path, use_peft=False, allowed=args.low_precision_parameters
-        )
+        check_training_precision(train, model, args.low_precision_parameters)
     except ConfigError as err:
         raise ValueSFTError(str(err)) from err
     train.remove_unused_columns = False
@@ -353,19 +349,26 @@ def build_trainer(train: TrainingArguments, args: ValueSFTArguments, model_args)
     return trainer
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        train, args, model_args = parse_config(list(sys.argv[1:] if argv is None else argv))
-        trainer = build_trainer(train, args, model_args)
-    except ValueSFTError as err:
-        print(f"value-sft: {err}", file=sys.stderr)
-        return 2
+def run(train: TrainingArguments, args: ValueSFTArguments, model_args) -> dict[str, Any]:
+    """Build the trainer, train (resuming when asked), save the model and its head; returns the data summary
+    (printed before training starts). ValueSFTError names a bad config or dataset."""
+    trainer = build_trainer(train, args, model_args)
     if trainer.accelerator.is_main_process:
         print(f"value-sft: {trainer.data_summary}", file=sys.stderr)
     resume = train.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume in ("true", "last") else resume or None)
     trainer.save_model(train.output_dir)
+    return trainer.data_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gcd_trl.trainers.value_sft --config FILE` (also `gcd-trl value-sft`)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run(*parse_config(list(sys.argv[1:] if argv is None else argv)))
+    except ValueSFTError as err:
+        print(f"value-sft: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
