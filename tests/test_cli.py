@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINE = ("data", "sft", "rl", "eval", "analyze")  # then the tools
 # command -> (module, attribute) of the dataclasses its -h must list (TrlParser-backed commands)
 TRL_COMMANDS = {
-    "rl": ("gcd_trl.config", "RL_DATACLASSES"),
+    "rl": ("gcd_trl.trainers.grpo_config", "RL_DATACLASSES"),
+    "value-sft": ("gcd_trl.trainers.value_sft", "VALUE_SFT_DATACLASSES"),
     "sft": ("gcd_trl.trainers.sft", "SFT_DATACLASSES"),
     "eval": ("gcd_trl.eval.config", "EVAL_DATACLASSES"),
 }

@@ -362,7 +362,7 @@ def test_paper_recipes_reproduce_the_reference_settings(monkeypatch, tmp_path):
     ppo_trainer.yaml: lr 1e-6, ppo_mini_batch_size 256 (x rollout.n = 1, so 256 step samples per optimizer
     step), entropy_coeff 0.001, kl_loss_coef 0.01 low_var_kl, clip 0.2, invalid_action_penalty_coef 0.1,
     16 tasks x group 8, max_steps 30, gamma 0.95, step_advantage_w 1.0, mean_std_norm."""
-    from gcd_trl.commands.config import fidelity_summary
+    from gcd_trl.trainers.fidelity import fidelity_summary
     from gcd_trl.trainers.grpo_config import parse_rl_config
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))

@@ -11,12 +11,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
 
 from gcd_trl.commands._common import CommandError, add_alias, check_output_file, finite_float
-
-STEP_RANGE = 2**31  # step indices are episode step counts; far larger ones overflow GiGPO's sort key
-REWARD_LIMIT = 1e150  # squares and sums of a group's rewards must stay finite (float64 ends near 1.8e308)
 
 
 def _bool(text: str) -> bool:
@@ -122,67 +118,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _read_records(stream: TextIO, name: str) -> tuple[list[dict[str, Any]], list[int]]:
-    records, lines = [], []
-    for lineno, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{name}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{name}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        step = record.get("step")
-        if isinstance(step, int) and not isinstance(step, bool) and not 0 <= step < STEP_RANGE:
-            raise ValueError(f"{name}:{lineno}: step {step} is out of range (0 <= step < 2**31)")
-        records.append(record)
-        lines.append(lineno)
-    return records, lines
-
-
-def _check_magnitudes(batch: Any, lines: list[int], name: str) -> None:
-    """Rewards beyond +-1e150 overflow the group statistics (the std of 1e308 and -1e308 is inf, which
-    silently turns every advantage into 0): refuse them, naming the record."""
-    import numpy as np
-
-    for label, values in (("episode_reward", batch.episode_reward), ("step_reward", batch.step_reward)):
-        big = np.flatnonzero(np.abs(np.asarray(values, dtype=np.float64)) > REWARD_LIMIT)
-        if len(big):
-            i = int(big[0])
-            raise ValueError(
-                f"{name}:{lines[i]}: {label} {float(values[i]):.3g} is too large to normalise "
-                f"(|reward| must be <= {REWARD_LIMIT:.0e}); rescale the rewards"
-            )
-
-
-def _check_finite(terms: Any, records: list[dict[str, Any]], lines: list[int], name: str) -> None:
-    """Huge rewards overflow the group statistics (e.g. 1e308 squared): refuse rather than write NaN."""
-    import numpy as np
-
-    for label, values in (("advantage", terms.total), ("episode_advantage", terms.episode)):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)))
-        if len(bad):
-            i = int(bad[0])
-            rewards = [
-                abs(r["episode_reward"]) for r in records if isinstance(r.get("episode_reward"), int | float)
-            ]
-            biggest = f" (largest |episode_reward|: {max(rewards):.3g})" if rewards else ""
-            raise ValueError(
-                f"{name}:{lines[i]}: the {label} is not a finite number: the rewards are too large to "
-                f"normalise{biggest}; rescale them"
-            )
-    bad = np.flatnonzero(~np.isfinite(np.asarray(terms.step, dtype=np.float64)))
-    if len(bad):
-        raise ValueError(
-            f"{name}:{lines[int(bad[0])]}: the step_advantage is not a finite number; rescale the rewards"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from gcd_trl.advantages import AdvantageConfig, RecordError, compute_advantage_terms, records_to_batch
+    from gcd_trl.advantages import AdvantageConfig
+    from gcd_trl.advantages.score import read_records, score_records
     from gcd_trl.rollout.records import RecordFileError, write_jsonl_atomic
 
     name = "<stdin>" if args.input == "-" else args.input
@@ -195,24 +133,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--advantage_estimator is required (grpo, gigpo or rlvmr)")
         config = AdvantageConfig.from_args(args)  # the same field names as the run config
         if args.input == "-":
-            records, lines = _read_records(sys.stdin, name)
+            records, lines = read_records(sys.stdin, name)
         else:
             with open(args.input, encoding="utf-8") as f:
-                records, lines = _read_records(f, name)
-        try:
-            batch = records_to_batch(records, config=config)
-            _check_magnitudes(batch, lines, name)
-            with np.errstate(all="ignore"):
-                terms = compute_advantage_terms(batch, config)
-        except RecordError as err:
-            raise ValueError(f"{name}:{lines[err.index]}: {err.problem}") from None
-        except OverflowError as err:
-            raise ValueError(f"{name}: a number is too large ({err})") from None
-        _check_finite(terms, records, lines, name)
-        for record, total, ep, step in zip(
-            records, terms.total.tolist(), terms.episode.tolist(), terms.step.tolist()
-        ):
-            record.update(advantage=total, episode_advantage=ep, step_advantage=step)
+                records, lines = read_records(f, name)
+        score_records(records, lines, name, config)
         if args.output == "-":
             text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
             sys.stdout.write(text)

@@ -235,11 +235,9 @@ def env_arguments(args: argparse.Namespace):
     ):
         values.pop(key, None)  # which tasks is this command's business
     try:
-        env = EnvArguments(**values)
+        return EnvArguments(**values).resolved()  # meta_reasoning: as given (or the RL config's), else off
     except ConfigError as err:
         raise ArgError(str(err)) from None
-    env.meta_reasoning = bool(env.meta_reasoning)
-    return env
 
 
 def _check_agent_args(args: argparse.Namespace) -> None:
@@ -275,15 +273,14 @@ def run_agent(args: argparse.Namespace) -> int:
         env_args = env_arguments(args)
         args.environment = env_args.environment
         _check_agent_args(args)
-        from gcd_trl.commands.env import select_tasks
+        from gcd_trl.commands._common import selected_tasks
+        from gcd_trl.config import ConfigError
         from gcd_trl.data.agent import AgentSFTConfig
-        from gcd_trl.prompts import TemplateError, agent_template_name, load_template
 
-        name = agent_template_name(env_args.prompt_template, args.environment, env_args.meta_reasoning)
         try:
-            load_template(name, "agent")
-        except TemplateError as err:
-            raise ArgError(f"--prompt_template: {err}") from None
+            env_args.load_template()
+        except ConfigError as err:
+            raise ArgError(f"--{err}") from None
         cfg = AgentSFTConfig(
             think=args.think,
             recovery_episodes=args.recovery_episodes,
@@ -297,7 +294,7 @@ def run_agent(args: argparse.Namespace) -> int:
             seed=args.seed,
             workers=args.workers,
         )
-        tasks = select_tasks(args)
+        tasks = selected_tasks(args)
         if args.policy_episodes:
             from gcd_trl.data.agent import read_policy_episodes
 
@@ -309,24 +306,27 @@ def run_agent(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:  # ArgError, ConfigError, a split/data problem
         return _error(err)
     from gcd_trl.data.agent import build_agent_sft
-    from gcd_trl.data.io import add_size_stats, save_rows, save_steps, save_summary
+    from gcd_trl.data.io import write_dataset
 
     try:
         result = build_agent_sft(tasks, env_args, cfg, endpoint=endpoint, progress=not args.quiet)
     finally:
         if endpoint is not None:
             endpoint.close()
-    summary = result.summary
     if not result.rows:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(result.summary, indent=1))
         return _error(ValueError("no rows were built (see faults in the summary)"))
-    path = save_rows(result.rows, out, args.format)
-    steps = save_steps(result.steps, out)
-    add_size_stats(summary, result.rows, tokenizer)
-    summary.update(tasks=len(tasks), output=str(path), steps_file=str(steps))
-    if endpoint is not None:
-        summary["endpoint"] = endpoint.stats()
-    save_summary(summary, out)
+    extra = {"endpoint": endpoint.stats()} if endpoint is not None else {}
+    summary = write_dataset(
+        out,
+        result.rows,
+        result.summary,
+        fmt=args.format,
+        tokenizer=tokenizer,
+        steps=result.steps,
+        tasks=len(tasks),
+        **extra,
+    )
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -370,7 +370,7 @@ def run_judge(args: argparse.Namespace) -> int:
         endpoint = _endpoint(args, args.critique == "endpoint", votes=args.endpoint_votes)
     except ValueError as err:  # ArgError, a bad JudgeSFTConfig value
         return _error(err)
-    from gcd_trl.data.io import add_size_stats, save_rows, save_summary
+    from gcd_trl.data.io import write_dataset
     from gcd_trl.data.judge import build_judge_sft
 
     try:
@@ -378,13 +378,9 @@ def run_judge(args: argparse.Namespace) -> int:
     finally:
         if endpoint is not None:
             endpoint.close()
-    summary = result.summary
     if not result.rows:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(result.summary, indent=1))
         return _error(ValueError("no labelled steps: nothing to write"))
-    path = save_rows(result.rows, out, args.format)
-    add_size_stats(summary, result.rows, tokenizer)
-    summary.update(output=str(path))
-    save_summary(summary, out)
+    summary = write_dataset(out, result.rows, result.summary, fmt=args.format, tokenizer=tokenizer)
     print(json.dumps(summary, indent=1))
     return 0

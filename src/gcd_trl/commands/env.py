@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -257,159 +255,54 @@ def _check_common(args: argparse.Namespace) -> None:
             raise ArgError(f"--data_dir {args.data_dir}: no such directory")
 
 
-def _template(args: argparse.Namespace) -> str:
-    from gcd_trl.prompts import TemplateError, agent_template_name, load_template
-
-    try:
-        return load_template(agent_template_name(args.prompt_template, args.environment, args.meta_reasoning))
-    except TemplateError as err:
-        raise ArgError(f"--prompt_template: {err}") from None
-
-
-def select_tasks(args: argparse.Namespace) -> list:
-    """The tasks named by --games/--split/--part/--task_types/--scienceworld_tasks/--max_tasks (no env
-    is started)."""
-    from gcd_trl.envs.tasks import select_tasks as select
-
-    try:
-        return select(
-            args.environment,
-            args.split,
-            args.part,
-            args.data_dir,
-            games=args.games or None,
-            task_types=args.task_types,
-            scienceworld_tasks=args.scienceworld_tasks,
-            max_tasks=args.max_tasks,
-        )
-    except ValueError as err:
-        raise ArgError(str(err)) from None
-
-
-def _pddl_error(domain: str, problem: str) -> str | None:
-    """Parse a game's PDDL with the parser the engine uses (fast-downward's, through textworld), which
-    exits the process on an error: caught here, before any env starts. None when it parses."""
-    import contextlib
-    import io
-
-    saved = sys.argv
-    sys.argv = ["translate.py", "domain", "task"]  # fast-downward's options module parses sys.argv on import
-    try:
-        from fast_downward.translate.pddl_parser import lisp_parser, parsing_functions
-    except ImportError:
-        return None  # no parser to ask: the env will tell
-    finally:
-        sys.argv = saved
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # its warnings about repeated facts
-            parsing_functions.parse_task(
-                lisp_parser.parse_nested_list(domain.split("\n")),
-                lisp_parser.parse_nested_list(problem.split("\n")),
-            )
-    except (SystemExit, Exception) as err:
-        return f"{type(err).__name__ if not isinstance(err, SystemExit) else 'parse error'}: {err}"
-    return None
-
-
-def game_problem(game_dir: str) -> str | None:
-    """Why an ALFWorld game cannot be played (unreadable files, PDDL that does not parse), or None."""
-    path = os.path.join(game_dir, "game.tw-pddl")
-    try:
-        with open(path) as f:
-            game = json.load(f)
-    except (OSError, ValueError) as err:
-        return f"game.tw-pddl unreadable: {err}"
-    if not isinstance(game, dict):
-        return "game.tw-pddl is not a JSON object"
-    for key in ("pddl_domain", "pddl_problem", "grammar"):
-        if not isinstance(game.get(key), str) or not game[key].strip():
-            return f"game.tw-pddl: {key} is missing"
-    error = _pddl_error(game["pddl_domain"], game["pddl_problem"])
-    return f"game.tw-pddl: the PDDL does not parse ({error})" if error else None
-
-
-def task_id(task: Any, games_root: str | None) -> str:
-    """A short id of a task: the game path relative to --games, or the ScienceWorld task:variation."""
-    if task.env == "alfworld" and games_root:
-        try:
-            return os.path.relpath(task.game, games_root)
-        except ValueError:
-            pass
-    return task.key.split(":", 1)[1]
-
-
-def _prepare(args: argparse.Namespace) -> tuple[list, str, Any, dict[str, str]]:
-    """Tasks, template, env spec and the tasks found unplayable before any env starts (id -> reason)."""
+def _env_arguments(args: argparse.Namespace):
+    """The run config's view of these flags (the env spec and the prompt template come from it)."""
     from gcd_trl.rollout.settings import EnvArguments
 
-    _check_common(args)
-    template = _template(args)
-    tasks = select_tasks(args)
-    bad: dict[str, str] = {}
-    if args.environment == "alfworld":
-        for t in tasks:
-            problem = game_problem(t.game)
-            if problem:
-                bad[task_id(t, args.games)] = problem
-        if len(bad) == len(tasks):
-            first = next(iter(bad.items()))
-            raise ArgError(f"none of the {len(tasks)} games can be played; e.g. {first[0]}: {first[1]}")
-        tasks = [t for t in tasks if task_id(t, args.games) not in bad]
-    spec = EnvArguments(
+    return EnvArguments(
         environment=args.environment,
         jvm_heap=args.jvm_heap,
         simplifications=args.simplifications,
         alfworld_expert=args.alfworld_expert,
-    ).spec()
-    return tasks, template, spec, bad
+        prompt_template=args.prompt_template,
+        meta_reasoning=args.meta_reasoning,
+    )
 
 
-def _play(args: argparse.Namespace, tasks: list, template: str, spec: Any, bad: dict[str, str], sink=None):
-    """Play the expert on every task with a progress bar (episodes done / total, success so far); returns
-    the summary (expert.summarize's, plus `failed`: every task that did not run cleanly, by id)."""
-    from tqdm.auto import tqdm
+def _prepare(args: argparse.Namespace) -> tuple[list, str, Any, dict[str, str]]:
+    """Tasks, template, env spec and the tasks found unplayable before any env starts (id -> reason)."""
+    from gcd_trl.commands._common import selected_tasks
+    from gcd_trl.config import ConfigError
+    from gcd_trl.envs.tasks import playable
 
-    from gcd_trl.rollout.expert import ExpertEpisode, iter_expert, summarize
-
-    results: list = []
-    start = time.perf_counter()
-    wins = 0
-    bar = tqdm(total=len(tasks), desc=args.env_command, unit="ep", dynamic_ncols=True, file=sys.stderr)
-    remaining = list(tasks)
+    _check_common(args)
+    env = _env_arguments(args)
     try:
-        while remaining:
-            offset = len(results)
-            try:
-                for res in iter_expert(
-                    spec,
-                    remaining,
-                    template=template,
-                    max_steps=args.max_episode_steps,
-                    history_length=args.history_length,
-                    meta_reasoning=args.meta_reasoning,
-                ):
-                    for rec in res.records:
-                        rec["episode"] += offset  # numbered over the whole run, across restarts
-                    results.append(res)
-                    remaining.pop(0)
-                    wins += int(res.won)
-                    if sink is not None:
-                        sink(res)
-                    bar.update(1)
-                    bar.set_postfix(success=f"{wins}/{len(results)}", refresh=False)
-            except SystemExit as err:  # an engine that exits the process (fast-downward on bad PDDL)
-                task = remaining.pop(0)
-                results.append(ExpertEpisode(task, None, fault=f"error:engine exited: {err}"))
-                bar.update(1)
-    finally:
-        bar.close()
-    summary = summarize(results, time.perf_counter() - start)
-    failed = [{"task": t, "fault": f"not played: {why}"} for t, why in bad.items()]
-    failed += [{"task": task_id(r.task, args.games), "fault": r.fault} for r in results if r.fault]
-    summary["episodes_skipped"] = len(bad)
-    summary["failed"] = failed
-    clean = sum(1 for r in results if r.fault is None)
-    return summary, clean
+        template = env.load_template()
+        tasks = selected_tasks(args)
+    except ConfigError as err:
+        raise ArgError(f"--{err}") from None
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+    tasks, bad = playable(tasks, args.games)
+    if not tasks:
+        first = next(iter(bad.items()))
+        raise ArgError(f"none of the {len(bad)} games can be played; e.g. {first[0]}: {first[1]}")
+    return tasks, template, env.spec(), bad
+
+
+def _expert_options(args: argparse.Namespace, template: str, bad: dict[str, str]) -> dict[str, Any]:
+    from gcd_trl.envs.tasks import task_id
+
+    return dict(
+        template=template,
+        max_steps=args.max_episode_steps,
+        history_length=args.history_length,
+        meta_reasoning=args.meta_reasoning,
+        progress=args.env_command,
+        name=lambda t: task_id(t, args.games),
+        skipped=bad,
+    )
 
 
 def run_expert(args: argparse.Namespace) -> int:
@@ -422,23 +315,12 @@ def run_expert(args: argparse.Namespace) -> int:
         tasks, template, spec, bad = _prepare(args)
     except (ValueError, FileNotFoundError) as err:  # ArgError, or a split/data problem named by envs
         return _error(err)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # complete episodes so far; renamed when done
-    written = 0
-    with partial.open("w", encoding="utf-8") as f:
+    from gcd_trl.rollout.expert import write_expert_jsonl
 
-        def sink(res) -> None:
-            nonlocal written
-            if args.only_won and not res.won:
-                return
-            for rec in res.records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                written += 1
-            f.flush()
-
-        summary, clean = _play(args, tasks, template, spec, bad, sink)
-    os.replace(partial, out)
-    summary.update(out=str(out), records=written)
+    summary = write_expert_jsonl(
+        spec, tasks, out, only_won=args.only_won, **_expert_options(args, template, bad)
+    )
+    clean = summary.pop("clean")
     print(json.dumps(summary, indent=1))
     return 0 if clean else 1
 
@@ -448,7 +330,9 @@ def run_replay(args: argparse.Namespace) -> int:
         tasks, template, spec, bad = _prepare(args)
     except (ValueError, FileNotFoundError) as err:  # ArgError, or a split/data problem named by envs
         return _error(err)
-    summary, clean = _play(args, tasks, template, spec, bad)
+    from gcd_trl.rollout.expert import run_expert as play
+
+    summary, clean = play(spec, tasks, **_expert_options(args, template, bad))
     print(json.dumps(summary, indent=1))
     if not clean:
         print("gcd-trl env: error: no episode ran cleanly (see `failed` in the summary)", file=sys.stderr)

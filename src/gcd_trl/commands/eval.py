@@ -40,20 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _eval_dataclasses() -> tuple:
-    from gcd_trl.eval.config import EVAL_DATACLASSES
-
-    return EVAL_DATACLASSES
-
-
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from gcd_trl.commands._common import trl_prelude
+    from gcd_trl.commands._common import lazy, trl_prelude
     from gcd_trl.dist import print_once
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if rest and rest[0] == "report":
         return run_report(rest[1:] + (["-h"] if args.help else []))
-    argv = trl_prelude(args, rest, "eval", _eval_dataclasses, DESCRIPTION)
+    argv = trl_prelude(args, rest, "eval", lazy("gcd_trl.eval.config", "EVAL_DATACLASSES"), DESCRIPTION)
     if isinstance(argv, int):  # -h, or the launched processes' exit code
         return argv
     from gcd_trl.config import ConfigError

@@ -10,9 +10,8 @@ bad input fails in seconds with a message naming it.
 from __future__ import annotations
 
 import argparse
-import os
 
-from gcd_trl.commands._common import add_trl_command, trl_prelude
+from gcd_trl.commands._common import add_trl_command, lazy
 
 DESCRIPTION = (
     "Train with AgentGRPOTrainer (TRL's GRPOTrainer over env transitions). Every field below can be set in "
@@ -21,28 +20,19 @@ DESCRIPTION = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_trl_command(
+    add_trl_command(
         sub,
         "rl",
         help="Train an agent with RL on ALFWorld or ScienceWorld.",
         description=DESCRIPTION,
         config_help="Run config (YAML), e.g. configs/rl/tiny_alfworld_grpo.yaml. Optional when the required "
         "values (model_name_or_path, ...) are given on the command line.",
+        dataclasses=lazy("gcd_trl.trainers.grpo_config", "RL_DATACLASSES"),
+        main=main,
     )
-    p.set_defaults(func=run)
 
 
-def _dataclasses() -> tuple:
-    from gcd_trl.trainers.grpo_config import RL_DATACLASSES
-
-    return RL_DATACLASSES
-
-
-def run(args: argparse.Namespace, rest: list[str]) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = trl_prelude(args, rest, "rl", _dataclasses, DESCRIPTION)
-    if isinstance(argv, int):  # -h, or the launched processes' exit code
-        return argv
+def main(argv: list[str]) -> int:
     from gcd_trl.config import ConfigError
     from gcd_trl.dist import print_once
     from gcd_trl.trainers.run import prepare, train

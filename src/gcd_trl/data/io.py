@@ -114,3 +114,24 @@ def add_size_stats(summary: dict[str, Any], rows: Sequence[dict[str, Any]], toke
         summary.update(token_stats(rows, tokenizer), tokenizer=str(getattr(tokenizer, "name_or_path", "")))
     else:
         summary.update(word_stats(rows))
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    *,
+    fmt: str = "jsonl",
+    tokenizer=None,
+    steps: Iterable[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A builder's output folder: the rows (`save_rows`), its step records when given (`save_steps`), and
+    `summary.json` (the builder's summary, size stats, `extra`, where the files are). Returns the summary."""
+    path = save_rows(rows, out_dir, fmt)
+    add_size_stats(summary, rows, tokenizer)
+    summary.update(extra, output=str(path))
+    if steps is not None:
+        summary["steps_file"] = str(save_steps(steps, out_dir))
+    save_summary(summary, out_dir)
+    return summary

@@ -96,3 +96,27 @@ def select_tasks(
             f"scienceworld_tasks={scienceworld_tasks}" + (f" under {data_dir}" if data_dir else "")
         )
     return round_robin(tasks, max_tasks)
+
+
+def task_id(task: Any, games_root: str | None) -> str:
+    """A short id of a task: the game path relative to `games_root`, or the ScienceWorld task:variation."""
+    if task.env == "alfworld" and games_root:
+        try:
+            return os.path.relpath(task.game, games_root)
+        except ValueError:
+            pass
+    return task.key.split(":", 1)[1]
+
+
+def playable(tasks: Sequence[Task], games_root: str | None = None) -> tuple[list[Task], dict[str, str]]:
+    """The tasks whose games can be played, and the others (`task_id` -> why): an ALFWorld game whose files
+    are unreadable or whose PDDL does not parse is found here, before any env starts (fast-downward would
+    exit the process). ScienceWorld tasks all pass."""
+    from gcd_trl.envs.alfworld import game_problem
+
+    bad: dict[str, str] = {}
+    for t in tasks:
+        problem = game_problem(t.game) if t.env == "alfworld" else None
+        if problem:
+            bad[task_id(t, games_root)] = problem
+    return [t for t in tasks if task_id(t, games_root) not in bad], bad

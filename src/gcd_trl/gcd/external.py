@@ -471,3 +471,39 @@ def advice_from_results(
             if c.get("score") == label and c.get("advise"):
                 out.append(str(c["advise"]))
     return out
+
+
+def label_with_judge(
+    records: Sequence[Mapping[str, Any]], settings: Any, template: str, cache_dir: str | os.PathLike
+) -> tuple[list[dict], dict[str, Any]]:
+    """Label step records offline (`gcd-trl judge label`): the rules, and with `settings.judge_model` the
+    external judge's votes (`judge_labels` mode; "both" falls back to the rules without a judge). Returns
+    the labelled records and a summary: label counts, requests, cache hits, failures, fallbacks."""
+    from gcd_trl.gcd.labels import label_counts, label_records
+
+    mode = settings.judge_labels
+    results: dict = {}
+    stats: dict[str, Any] = {"requests": 0, "cache_hits": 0, "failures": {}}
+    if settings.judge_model and mode in ("external", "both"):
+        judge = ExternalJudge.from_args(settings, cache_dir=cache_dir, template=template)
+        try:
+            results = judge.judge_records(records)
+        finally:
+            judge.close()
+        stats = judge.stats()
+    elif mode == "both":
+        mode = "rules"
+    labelled = label_records(records, results, mode=mode)
+    counts = label_counts(labelled)
+    summary = {
+        "steps": counts["steps"],
+        "good": counts["good"],
+        "bad": counts["bad"],
+        "unlabelled": counts["unlabelled"],
+        "requests": stats["requests"],
+        "cache_hits": stats["cache_hits"],
+        "failures": stats["failures"],
+        "labelled_by": {"rule": counts["rule"], "external": counts["external"]},
+        "fallbacks": sum(bool(r.get("failed")) for r in results.values()),
+    }
+    return labelled, summary
