@@ -35,12 +35,12 @@ bench: setup
 	bash scripts/bench.sh
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks experiments scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments scripts
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
-	$(VENV)/bin/ruff format src tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments scripts
+	$(VENV)/bin/ruff format src tests benchmarks experiments scripts
 
 rl: setup
 	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m gcd_trl rl --config $(CONFIG)

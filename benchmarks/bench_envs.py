@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv, make_env
+from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv
 from gcd_trl.envs.pool import EnvPool
+from gcd_trl.envs.registry import make_env
 
 SCIENCEWORLD_TASKS = (
     "find-living-thing",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def _alfworld_args(data_dir: str, split: str, steps: int):
-    from gcd_trl.config import EnvArguments
+    from gcd_trl.rollout.settings import EnvArguments
 
     return EnvArguments(
         environment="alfworld", split=split, part="test", data_dir=data_dir, max_episode_steps=steps
@@ -74,9 +74,9 @@ def bench_tiny_model(scratch: Path, games: int, num_envs: int, max_new_tokens: i
 
 
 def bench_expert(env_name: str, scratch: Path, alfworld_games: str | None, num: int, num_envs: int) -> dict:
-    from gcd_trl.config import EnvArguments
     from gcd_trl.envs.splits import split_tasks
     from gcd_trl.eval import ExpertPolicy, evaluate
+    from gcd_trl.rollout.settings import EnvArguments
 
     if env_name == "alfworld":
         if alfworld_games and Path(alfworld_games).is_dir():

@@ -29,8 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def build(model_dir, out_dir, tasks, pool, gcd: bool, a):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments, GCDArguments
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.gcd.args import GCDArguments
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     episodes = a.tasks * a.group
     args = AgentGRPOConfig(

@@ -35,8 +35,9 @@ ARMS = {
 def build(model_dir, out_dir, tasks, pool, overrides: dict, a):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     args = AgentGRPOConfig(
         output_dir=out_dir,

@@ -84,11 +84,12 @@ def stock_trainer(model_dir: str, out_dir: str, batch: int, prompts, completions
 def agent_trainer(model_dir: str, out_dir: str, budget: int, prompts, completions, advantages):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.rollout.collector import StepSample
     from gcd_trl.rollout.episode import StepRecord
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.rollout.samples import AgentSample
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     args = AgentGRPOConfig(
         output_dir=out_dir,
@@ -128,7 +129,7 @@ def agent_trainer(model_dir: str, out_dir: str, budget: int, prompts, completion
             done=False,
             won=False,
         )
-        samples.append(StepSample(p, c, rec, truncated=False, repeated=False, advantage=a))
+        samples.append(AgentSample(p, c, advantage=a, record=rec))
     trainer.create_optimizer()
     model = trainer.model
     model.train()

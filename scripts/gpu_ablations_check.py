@@ -25,8 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def samples_for(vocab: int, n: int, seed: int = 0):
-    from gcd_trl.rollout.collector import StepSample
     from gcd_trl.rollout.episode import StepRecord
+    from gcd_trl.rollout.samples import AgentSample
 
     rng = random.Random(seed)
     out = []
@@ -50,16 +50,17 @@ def samples_for(vocab: int, n: int, seed: int = 0):
         prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(400, 600))]
         completion = [rng.randrange(3, vocab) for _ in range(rng.randint(40, 120))]
         adv = (1.0 if traj < 3 else -1.0) * rng.uniform(0.3, 1.5)
-        out.append(StepSample(prompt, completion, rec, truncated=False, repeated=False, advantage=adv))
+        out.append(AgentSample(prompt, completion, advantage=adv, record=rec))
     return out
 
 
 def build(model_dir: str, out_dir: str, **over):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     kwargs = dict(
         output_dir=out_dir,
@@ -102,6 +103,10 @@ def one_step(trainer, samples) -> tuple[float, float]:
     t = time.perf_counter()
     for s, a in zip(samples, trainer._advantages(samples)):
         s.advantage = float(a)
+    if trainer._wants_labels():  # the value head's targets: the GCD rule labels, as a round sets them
+        from gcd_trl.gcd.cotrain import label_samples
+
+        label_samples(samples, 0)
     rnd = trainer._make_round(samples, 0)
     trainer._round = rnd
     model = trainer.model

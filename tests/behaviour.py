@@ -59,8 +59,10 @@ def scripted(trainer, seed: int = 0):
 def _trainer(kind: str, model_dir: str, out_dir: Path, tasks: list[dict], pool):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments, GCDArguments
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.gcd.args import GCDArguments
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     common = dict(
         output_dir=str(out_dir),

@@ -47,8 +47,8 @@ def change_weights(trainer, mode: str) -> None:
 
 
 def main(mode: str, work: Path) -> None:
-    from gcd_trl.commands.rl import build_trainer, prepare
     from gcd_trl.tiny_model import build_tiny_model
+    from gcd_trl.trainers.run import build_trainer, prepare
 
     model = build_tiny_model(work / "model", hidden_size=256, num_layers=4)
     args = ["--config", "configs/rl/tiny_alfworld_grpo.yaml", "--model_name_or_path", str(model)]

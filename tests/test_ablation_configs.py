@@ -78,8 +78,9 @@ def test_arms_differ_from_their_baselines_by_their_own_keys_only():
 
 def test_every_rl_config_passes_config_check(tmp_path, monkeypatch, capsys):
     from gcd_trl.commands.config import run_check
-    from gcd_trl.ppo import AgentPPOTrainer, trainer_class
-    from gcd_trl.token_trainer import AgentTokenTrainer
+    from gcd_trl.trainers.ppo import AgentPPOTrainer
+    from gcd_trl.trainers.run import trainer_class
+    from gcd_trl.trainers.token import AgentTokenTrainer
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
     files = _rl_configs()
@@ -96,7 +97,7 @@ def test_every_rl_config_passes_config_check(tmp_path, monkeypatch, capsys):
 
 
 def test_value_sft_configs_parse(tmp_path):
-    from gcd_trl.value_sft import parse_config
+    from gcd_trl.trainers.value_sft import parse_config
 
     for path in sorted(ABL.glob("*value_sft*.yaml")):
         argv = ["--config", str(path), "--output_dir", str(tmp_path / path.stem), "--bf16", "false"]
@@ -118,7 +119,7 @@ def test_generated_files_are_current(tmp_path):
 
 
 def test_tiny_ppo_config_runs_through_the_cli_parser():
-    from gcd_trl.config import parse_rl_config
+    from gcd_trl.trainers.grpo_config import parse_rl_config
 
     train, env, gcd, model = parse_rl_config(["--config", str(ABL / "tiny_alfworld_ppo.yaml")])
     assert train.advantage_estimator == "gae" and train.critic_learning_rate == pytest.approx(1e-4)

@@ -19,7 +19,8 @@ from gcd_trl.envs.alfworld import (
     split_intro,
     task_type_of,
 )
-from gcd_trl.envs.base import EnvSpec, Task, make_env
+from gcd_trl.envs.base import EnvSpec, Task
+from gcd_trl.envs.registry import make_env
 
 MAX_EXPERT_STEPS = 80
 # games (first trial of each) whose fast-downward plans take well under a second; planning some
@@ -197,7 +198,9 @@ def test_reset_step_done_won_semantics(env, one_per_type):
     assert "Welcome" not in r.observation and "Your task is to" not in r.observation
     assert r.task_description and r.task_description.endswith(".")
     assert r.reward == 0.0 and r.score == 0.0 and not r.done and not r.won
-    assert r.info == {"game": game, "task_type": 1}
+    state = r.info["state"]  # the env's key of the state (GCD's loop rule)
+    assert r.info == {"game": game, "task_type": 1, "state": state}
+    assert isinstance(state, str) and state
     assert r.admissible_actions and all(isinstance(a, str) for a in r.admissible_actions)
     assert any(a.startswith("go to ") for a in r.admissible_actions)
 

@@ -334,8 +334,8 @@ def test_room_sizes_are_not_mixed(small_rooms, tmp_path):
 
 def test_run_config_max_receptacles(small_rooms, tmp_path):
     """`data_dir` + `generate_games` + `max_receptacles` is all a config needs; a mismatch is refused."""
-    from gcd_trl.commands.rl import InputError, build_tasks
-    from gcd_trl.config import ConfigError, EnvArguments
+    from gcd_trl.config import ConfigError
+    from gcd_trl.rollout.settings import EnvArguments, build_tasks
 
     out, dirs = small_rooms
     args = EnvArguments(
@@ -347,7 +347,7 @@ def test_run_config_max_receptacles(small_rooms, tmp_path):
         EnvArguments(environment="alfworld", data_dir=str(out), split="all", max_receptacles=3)
     )
     assert sorted(t.game for t in same) == sorted(dirs)
-    with pytest.raises(InputError, match="max_receptacles: 5, but the games under .* rooms of 3"):
+    with pytest.raises(ConfigError, match="max_receptacles: 5, but the games under .* rooms of 3"):
         build_tasks(EnvArguments(environment="alfworld", data_dir=str(out), split="all", max_receptacles=5))
     with pytest.raises(ConfigError, match="max_receptacles"):
         EnvArguments(environment="alfworld", max_receptacles=2)

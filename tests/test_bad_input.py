@@ -141,8 +141,8 @@ def test_generate_refuses_a_folder_with_other_games(one_game, tmp_path, capsys):
 
 
 def test_rl_generate_games_refuses_a_folder_with_other_games(one_game, tmp_path):
-    from gcd_trl.commands.rl import InputError, build_tasks
-    from gcd_trl.config import EnvArguments
+    from gcd_trl.config import ConfigError as InputError
+    from gcd_trl.rollout.settings import EnvArguments, build_tasks
 
     games = tmp_path / "games"
     shutil.copytree(one_game, games)
@@ -168,7 +168,8 @@ def test_rl_generate_games_refuses_a_folder_with_other_games(one_game, tmp_path)
 
 # ---- YAML values as TrlParser reads them ------------------------------------------------------------
 def test_yaml_float_written_without_a_dot_is_accepted_as_trl_accepts_it(tmp_path):
-    from gcd_trl.config import ConfigError, parse_rl_config
+    from gcd_trl.config import ConfigError
+    from gcd_trl.trainers.grpo_config import parse_rl_config
 
     base = "model_name_or_path: some/model\nuse_cpu: true\nbf16: false\nreport_to: none\n"
     path = tmp_path / "run.yaml"
@@ -295,7 +296,7 @@ def test_resume_does_not_warn_about_the_tied_lm_head(tiny_model_dir):
 
     from transformers import AutoModelForCausalLM
 
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # as a checkpoint holds it

@@ -7,16 +7,15 @@ import random
 
 import pytest
 
-from gcd_trl.rollout.batching import (
+from gcd_trl.trainers.microbatch import (
     LOSS_TYPES,
-    RoundTaskSampler,
     RoundTotals,
     equalize_microbatches,
     microbatch_loss_scale,
     pack_microbatches,
     padded_tokens,
-    tasks_fingerprint,
 )
+from gcd_trl.trainers.sampler import RoundTaskSampler, tasks_fingerprint
 
 # ---------------------------------------------------------------------------------------------- sampler
 
@@ -135,9 +134,10 @@ def _trainer(model_dir, out_dir, peft=False, **overrides):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     kwargs = dict(output_dir=str(out_dir), use_cpu=True, bf16=False, report_to="none", num_generations=2)
     kwargs.update(
@@ -159,8 +159,8 @@ def _trainer(model_dir, out_dir, peft=False, **overrides):
 
 
 def _fake_samples(trainer, n=9, seed=0):
-    from gcd_trl.rollout.collector import StepSample
     from gcd_trl.rollout.episode import StepRecord
+    from gcd_trl.rollout.samples import AgentSample
 
     rng = random.Random(seed)
     vocab = trainer.model.config.vocab_size
@@ -183,9 +183,7 @@ def _fake_samples(trainer, n=9, seed=0):
         )
         prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(4, 30))]
         completion = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 12))]
-        s = StepSample(
-            prompt, completion, rec, truncated=i == 3, repeated=False, advantage=rng.uniform(-1.5, 1.5)
-        )
+        s = AgentSample(prompt, completion, truncated=i == 3, advantage=rng.uniform(-1.5, 1.5), record=rec)
         samples.append(s)
     if n > 5:
         samples[5].weight = 0.0  # a dropped sample carries no loss
@@ -236,7 +234,7 @@ def test_round_gradient_does_not_depend_on_the_cut(tiny_model_dir, tmp_path, ove
 
 def _with_judge(trainer, samples, n=5, seed=1):
     """Add GCD judge samples (kind "judge", no env record) to a list of agent samples."""
-    from gcd_trl.rollout.collector import StepSample
+    from gcd_trl.rollout.samples import JudgeSample
 
     rng = random.Random(seed)
     vocab = trainer.model.config.vocab_size
@@ -245,15 +243,16 @@ def _with_judge(trainer, samples, n=5, seed=1):
         prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(20, 40))]
         completion = [rng.randrange(3, vocab) for _ in range(rng.randint(2, 14))]
         judge.append(
-            StepSample(
+            JudgeSample(
                 prompt,
                 completion,
-                None,
-                truncated=False,
-                repeated=False,
-                kind="judge",
                 advantage=rng.uniform(-1.0, 1.0),
-                judge={"label": i % 2},
+                prompt="",
+                completion="",
+                label=i % 2,
+                label_source="rule",
+                score=None,
+                reward=0.0,
             )
         )
     mixed = list(samples) + judge
@@ -272,7 +271,7 @@ def test_mixed_round_gradient_is_agent_plus_coef_times_judge(tiny_model_dir, tmp
     agent = _fake_samples(trainer)
     mixed = _with_judge(trainer, agent)
     judge_only = [s for s in mixed if s.kind == "judge"]
-    trainer._gcd_coef = 0.5
+    trainer.gcd_coef = 0.5
     _, _, g_agent = _round_grad(trainer, agent, 10_000)
     _, _, g_judge_alone = _round_grad(trainer, [_as_agent(s) for s in judge_only], 10_000)
     n_one, _, g_one = _round_grad(trainer, mixed, 10_000)
@@ -280,15 +279,19 @@ def test_mixed_round_gradient_is_agent_plus_coef_times_judge(tiny_model_dir, tmp
     assert n_one == 2 and n_many >= 5  # one micro-batch per kind at least
     torch.testing.assert_close(g_one, g_agent + 0.5 * g_judge_alone, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(g_many, g_one, rtol=1e-4, atol=1e-6)
-    trainer._gcd_coef = 0.0
+    trainer.gcd_coef = 0.0
     _, _, g_zero = _round_grad(trainer, mixed, 80)
     torch.testing.assert_close(g_zero, g_agent, rtol=1e-5, atol=1e-7)
 
 
 def _as_agent(sample):
-    from dataclasses import replace
+    from gcd_trl.rollout.episode import StepRecord
+    from gcd_trl.rollout.samples import AgentSample
 
-    return replace(sample, kind="agent")
+    rec = StepRecord(0, 0, 0, "", "", "", "a", True, None, None, 0.0, False, False)
+    return AgentSample(
+        sample.prompt_ids, sample.completion_ids, sample.truncated, advantage=sample.advantage, record=rec
+    )
 
 
 def test_entropy_bonus_is_a_token_mean_over_the_step(tiny_model_dir, tmp_path):
@@ -316,7 +319,7 @@ def test_padding_microbatches_carry_no_gradient(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, loss_type="dapo")
     samples = _fake_samples(trainer, n=3)
     _, _, g_ref = _round_grad(trainer, samples, 10_000)
-    trainer._max_over_processes = lambda m: m + 4  # another rank: 5 passes
+    trainer._sync_max = lambda m: m + 4  # another rank: 5 passes
     n, _, g_pad = _round_grad(trainer, samples, 10_000)
     assert n == 5
     torch.testing.assert_close(g_pad, g_ref, rtol=1e-4, atol=1e-6)
@@ -338,7 +341,7 @@ for case in ("dapo", "grpo", "dapo_mixed"):
                        tasks_per_round=2, max_tokens_per_microbatch=64)
     samples = _fake_samples(trainer)
     if case.endswith("mixed"):
-        trainer._gcd_coef = 0.5
+        trainer.gcd_coef = 0.5
         samples = _with_judge(trainer, samples)
     mine = samples[:6] if rank == 0 else samples[6:]  # unequal shares, unequal micro-batch counts
     model = trainer.accelerator.prepare_model(trainer.model)
@@ -375,7 +378,7 @@ def test_round_gradient_is_the_same_split_over_two_processes(tiny_model_dir, tmp
         trainer = _trainer(tiny_model_dir, tmp_path / case, loss_type=case.split("_")[0])
         samples = _fake_samples(trainer)
         if case.endswith("mixed"):  # GCD: agent and judge samples, unequal shares on the two ranks
-            trainer._gcd_coef = 0.5
+            trainer.gcd_coef = 0.5
             samples = _with_judge(trainer, samples)
         _, _, g_ref = _round_grad(trainer, samples, 64)
         num_mb, g_ddp = result[case]

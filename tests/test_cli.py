@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINE = ("data", "sft", "rl", "eval", "analyze")  # then the tools
 # command -> (module, attribute) of the dataclasses its -h must list (TrlParser-backed commands)
 TRL_COMMANDS = {
-    "rl": ("gcd_trl.config", "RL_DATACLASSES"),
-    "sft": ("gcd_trl.sft", "SFT_DATACLASSES"),
+    "rl": ("gcd_trl.trainers.grpo_config", "RL_DATACLASSES"),
+    "value-sft": ("gcd_trl.trainers.value_sft", "VALUE_SFT_DATACLASSES"),
+    "sft": ("gcd_trl.trainers.sft", "SFT_DATACLASSES"),
     "eval": ("gcd_trl.eval.config", "EVAL_DATACLASSES"),
 }
 # commands written by other helpers, whose help / TrlParser routing the lead wires with commands/_common.py:
@@ -180,7 +181,8 @@ def test_rl_help_shows_our_fields_and_defaults(capsys):
 
 def test_tool_flags_are_config_keys():
     """The env / advantages flags that mean a config value are spelled as its key, with its default."""
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     env_fields = {f.name: f for f in dataclasses.fields(EnvArguments)}
     run_fields = {f.name: f for f in dataclasses.fields(AgentGRPOConfig)}

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gcd_trl.config import AgentGRPOConfig, ConfigError, EnvArguments, GCDArguments, parse_rl_config
+from gcd_trl.config import ConfigError
+from gcd_trl.gcd.args import GCDArguments
+from gcd_trl.rollout.settings import EnvArguments
+from gcd_trl.trainers.grpo_config import AgentGRPOConfig, parse_rl_config
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "model_name_or_path: some/model\nuse_cpu: true\nbf16: false\nreport_to: none\n"

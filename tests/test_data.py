@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from gcd_trl.config import EnvArguments
 from gcd_trl.data.agent import (
     AgentSFTConfig,
     build_agent_sft,
@@ -25,6 +24,7 @@ from gcd_trl.envs.pool import EnvPool
 from gcd_trl.generation import Generation
 from gcd_trl.rollout.collector import RolloutCollector
 from gcd_trl.rollout.records import read_steps
+from gcd_trl.rollout.settings import EnvArguments
 from openai_server import Fault, openai_server_fixture  # noqa: F401 (the fixture)
 
 

@@ -11,13 +11,13 @@ import re
 
 import pytest
 
-from gcd_trl.config import EnvArguments
 from gcd_trl.envs.alfworld import TASK_TYPES
 from gcd_trl.envs.base import EnvSpec
 from gcd_trl.envs.pool import EnvPool
 from gcd_trl.eval import ExpertPolicy, RandomPolicy, evaluate
 from gcd_trl.eval.runner import EPISODES_FILE, EvalError, read_episodes
 from gcd_trl.rollout.records import read_steps
+from gcd_trl.rollout.settings import EnvArguments
 from openai_server import openai_server_fixture  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -198,7 +198,7 @@ def test_golden_rules_are_shown_in_every_prompt(games_dir, tasks, pool, tmp_path
 
 
 def _prepare(tmp_path, text: str, *extra: str):
-    from gcd_trl.commands.eval import prepare
+    from gcd_trl.eval.setup import prepare
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(text)
@@ -206,7 +206,7 @@ def _prepare(tmp_path, text: str, *extra: str):
 
 
 def test_bad_inputs_are_named_before_anything_loads(games_dir, tmp_path, tiny_model_dir, monkeypatch):
-    from gcd_trl.commands.rl import InputError
+    from gcd_trl.config import ConfigError as InputError
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     base = f"policy: random\nenvironment: alfworld\nsplit: all\ndata_dir: {games_dir}\noutput_dir: {tmp_path}/o\n"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from gcd_trl.config import EnvArguments
 from gcd_trl.envs.base import EnvSpec
 from gcd_trl.envs.pool import EnvPool
 from gcd_trl.envs.splits import split_tasks
 from gcd_trl.eval import ExpertPolicy, RandomPolicy, evaluate, read_episodes
+from gcd_trl.rollout.settings import EnvArguments
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

@@ -13,9 +13,9 @@ import time
 import psutil
 import pytest
 
-from gcd_trl.config import EnvArguments
 from gcd_trl.eval import RandomPolicy, evaluate
 from gcd_trl.eval.runner import EPISODES_FILE
+from gcd_trl.rollout.settings import EnvArguments
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 SAMPLES, STEPS = 2, 20  # long enough that the kill always lands mid-run, even on a loaded machine

@@ -78,7 +78,7 @@ def test_trainer_cli_and_rollout_records_agree(tmp_path):
     """The trainer builds its AdvantageConfig from AgentGRPOConfig (AdvantageConfig.from_args) and writes
     StepRecord dicts; `gcd-trl advantages` with its defaults re-scores such a file to the same numbers."""
     from gcd_trl.commands import advantages as cli
-    from gcd_trl.config import AgentGRPOConfig
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     train = AgentGRPOConfig(
         output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", advantage_estimator="gigpo"
@@ -175,11 +175,11 @@ def test_real_alfworld_answers_an_inadmissible_action_with_nothing_happens(alfwo
 def test_collector_sends_inadmissible_actions_and_counts_them(alfworld_game):
     """The run-level rule (EnvArguments.inadmissible_action, default env) reaches every episode of a round;
     EpisodeSummary.inadmissible counts the actions the env answered although they were not admissible."""
-    from gcd_trl.config import EnvArguments
     from gcd_trl.envs.base import EnvSpec
     from gcd_trl.envs.pool import EnvPool
     from gcd_trl.generation import Generation
     from gcd_trl.rollout.collector import RolloutCollector
+    from gcd_trl.rollout.settings import EnvArguments
 
     script = [
         "<think>a</think><action>fly to the moon</action>",
@@ -320,8 +320,8 @@ def test_rlvmr_template_shows_full_history_and_last_three_outputs():
     """RLVMR agent_system/environments/env_manager.py `build_text_obs`: ALFWorld shows every past
     (observation, action) (history_length = len(buffer)) and, with meta_think, the last min(3, n) full
     outputs; ScienceWorld every action plus the last 2 observations. verl-agent's default is 2 pairs."""
-    from gcd_trl.config import EnvArguments
     from gcd_trl.rollout.collector import resolve_history
+    from gcd_trl.rollout.settings import EnvArguments
 
     def resolved(env_args, name):
         h = resolve_history(env_args, name)
@@ -362,8 +362,8 @@ def test_paper_recipes_reproduce_the_reference_settings(monkeypatch, tmp_path):
     ppo_trainer.yaml: lr 1e-6, ppo_mini_batch_size 256 (x rollout.n = 1, so 256 step samples per optimizer
     step), entropy_coeff 0.001, kl_loss_coef 0.01 low_var_kl, clip 0.2, invalid_action_penalty_coef 0.1,
     16 tasks x group 8, max_steps 30, gamma 0.95, step_advantage_w 1.0, mean_std_norm."""
-    from gcd_trl.commands.config import fidelity_summary
-    from gcd_trl.config import parse_rl_config
+    from gcd_trl.trainers.fidelity import fidelity_summary
+    from gcd_trl.trainers.grpo_config import parse_rl_config
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
     recipes = _recipes()

@@ -108,7 +108,8 @@ def test_critic_free_records_view_whitens_step_scores():
 
 
 def test_gae_config_fields_are_checked():
-    from gcd_trl.config import AgentGRPOConfig, ConfigError
+    from gcd_trl.config import ConfigError
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     base = dict(output_dir="/tmp/x", use_cpu=True, bf16=False, num_generations=2, tasks_per_round=1)
     assert AgentGRPOConfig(**base, advantage_estimator="gae").gae_gamma == 1.0

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gcd_trl.config import ConfigError, GCDArguments
+from gcd_trl.config import ConfigError
+from gcd_trl.gcd.args import GCDArguments
 
 REPO = Path(__file__).resolve().parents[1]
 GCD_CONFIGS = REPO / "configs" / "gcd"

@@ -229,7 +229,7 @@ def _round_records(round_index, seed):
 def test_rounds_through_the_trainer_facing_judge_task(tmp_path):
     """The model-free round the trainer runs (gcd.task.JudgeTask) on these modules: rules labels, balanced
     prompts, scores and advantages, policy advice -> golden rules, checkpoint round trip."""
-    from gcd_trl.config import GCDArguments
+    from gcd_trl.gcd.args import GCDArguments
     from gcd_trl.gcd.task import JudgeTask
 
     args = GCDArguments(

@@ -73,8 +73,10 @@ def scripted(trainer, seen_prompts, tag="think", seed=0):
 def make(model_dir, out_dir, tasks, pool, estimator="grpo", rows=(), **gcd_overrides):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments, GCDArguments
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.gcd.args import GCDArguments
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     rlvmr = estimator == "rlvmr"
     args = AgentGRPOConfig(
@@ -155,13 +157,11 @@ def test_judge_samples_train_with_each_estimator(tiny_model_dir, alfworld_tasks,
         judge = [s for s in samples if s.kind == "judge"]
         assert agent and judge and len(judge) % 2 == 0
         for s in judge:
-            assert s.record is None and s.judge["label"] in (0, 1)
-            assert s.judge["reward"] == (
-                -0.1 if s.judge["score"] is None else float(s.judge["score"] == s.judge["label"])
-            )
+            assert s.label in (0, 1)
+            assert s.reward == (-0.1 if s.score is None else float(s.score == s.label))
         # group advantages: each prompt's two answers sum to zero
         for a, b in zip(judge[::2], judge[1::2]):
-            assert a.judge["prompt"] == b.judge["prompt"]
+            assert a.prompt == b.prompt
             assert a.advantage + b.advantage == pytest.approx(0.0, abs=1e-6)
     rows = [h for h in trainer.state.log_history if "judge/prompts" in h]
     assert len(rows) == 2
@@ -201,7 +201,7 @@ def test_golden_rules_are_written_restored_and_shown(tiny_model_dir, alfworld_ta
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     first_agent = next(p for p in later if "ALFRED" in p)
     assert RULE in first_agent
-    assert resumed.judge_task.rules.versions == state["rules"]["versions"]
+    assert resumed.cotrain.task.rules.versions == state["rules"]["versions"]
 
 
 def test_gcd_coef_zero_keeps_judge_out_of_the_loss(tiny_model_dir, alfworld_tasks, pool, tmp_path):
@@ -267,9 +267,9 @@ def test_static_judge_rows_join_the_round(tiny_model_dir, alfworld_tasks, pool, 
     trainer._generate_turn = scripted(trainer, [])
     rounds = capture_rounds(trainer)
     trainer.train()
-    static = [s for s in rounds[0] if s.kind == "judge" and s.judge["label_source"] == "static"]
+    static = [s for s in rounds[0] if s.kind == "judge" and s.label_source == "static"]
     assert len(static) == 2 * 2  # 2 rows x G=2
-    assert trainer.judge_task.static_cursor == 2
+    assert trainer.cotrain.task.static_cursor == 2
 
 
 def test_external_judge_labels_the_round_and_faults_fall_back(
@@ -309,14 +309,14 @@ def test_external_judge_labels_the_round_and_faults_fall_back(
         assert h["judge/external_failures"] >= 1, "the injected 500s are counted"
         assert h["judge/labelled_by_external_share"] > 0
         assert h["judge/labelled_by_rule_share"] > 0, "steps whose request failed keep their rule label"
-        by_external = [s for s in rounds[0] if s.kind == "judge" and s.judge["label_source"] == "external"]
-        assert by_external and all(s.judge["label"] == 1 for s in by_external)
+        by_external = [s for s in rounds[0] if s.kind == "judge" and s.label_source == "external"]
+        assert by_external and all(s.label == 1 for s in by_external)
         logged = "".join(p.read_text() for p in (tmp_path / "run" / "rollouts").iterdir())
         assert "test-key" not in logged
 
         server.fault_for = lambda prompt, body: None
         again = make(tiny_model_dir, tmp_path / "again", alfworld_tasks, pool, **external)
-        ext = again.judge_task.external
+        ext = again.cotrain.task.external
         records = [{**s.record.to_dict(), "round": 0} for s in rounds[0] if s.kind == "agent"]
         sent = server.requests
         first = ext.judge_records(records)  # the steps answered before come from the cache

@@ -91,8 +91,9 @@ def test_hf_backend_equals_the_trainers_greedy_generation(tiny_model_dir, tmp_pa
     HFGenerator: the same prompt ids, completion ids, text and truncation."""
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     args = AgentGRPOConfig(
         output_dir=str(tmp_path),

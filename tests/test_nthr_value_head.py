@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gcd_trl.advantages.nthr import eta_value, nthr_weights, parse_eta, prediction_errors
-from gcd_trl.value_head import (
+from gcd_trl.trainers.value_head import (
     ValueHead,
     accuracy_counts,
     accuracy_metrics,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gcd_trl.envs.base import EnvSpec, StepResult, Task, make_env
+from gcd_trl.envs.base import EnvSpec, StepResult, Task
 from gcd_trl.envs.pool import EnvPool
+from gcd_trl.envs.registry import make_env
 
 FIELDS = ("observation", "task_description", "admissible_actions", "reward", "score", "done", "won")
 

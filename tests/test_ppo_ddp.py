@@ -50,7 +50,7 @@ def run_case(case: str, model_dir, out_dir, rank: int, world: int) -> dict:
         if world > 1:
             assert isinstance(trainer.critic, torch.nn.parallel.DistributedDataParallel)
         trainer._advantages(mine)
-        out["advantages"] = [torch.as_tensor(trainer._token_advantages[id(s)]["advantages"]) for s in mine]
+        out["advantages"] = [torch.as_tensor(s.token_advantages) for s in mine]
 
         def capture():
             out["critic"] = torch.cat([p.grad.flatten() for p in trainer.critic.parameters()]).clone()
@@ -59,7 +59,7 @@ def run_case(case: str, model_dir, out_dir, rank: int, world: int) -> dict:
     else:
         for i, s in enumerate(mine):
             if (i + (4 if rank == 1 else 0)) % 3 != 2:
-                trainer._value_labels[id(s)] = int(s.record.won)
+                s.label = int(s.record.won)
 
         def capture():
             out["head"] = torch.cat([p.grad.flatten() for p in trainer.value_head.parameters()]).clone()

@@ -34,8 +34,9 @@ def pool():
 def make(model_dir, out_dir, tasks, pool, **overrides):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
     from test_trainer import scripted_policy
 
     kwargs = dict(
@@ -83,7 +84,7 @@ def _weights(path):
 
 
 def test_ppo_rounds_warmup_checkpoint_and_resume(tiny_model_dir, alfworld_tasks, pool, tmp_path):
-    from gcd_trl.ppo import AgentPPOTrainer
+    from gcd_trl.trainers.ppo import AgentPPOTrainer
 
     out = tmp_path / "ppo"
     trainer = make(
@@ -187,10 +188,11 @@ def test_nthr_rounds(tiny_model_dir, alfworld_tasks, pool, tmp_path):
 
 
 def test_rl_command_picks_the_trainer():
-    from gcd_trl.config import AgentGRPOConfig
-    from gcd_trl.ppo import AgentPPOTrainer, trainer_class
-    from gcd_trl.token_trainer import AgentTokenTrainer
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.ppo import AgentPPOTrainer
+    from gcd_trl.trainers.run import trainer_class
+    from gcd_trl.trainers.token import AgentTokenTrainer
 
     base = dict(output_dir="/tmp/x", use_cpu=True, bf16=False, num_generations=2, tasks_per_round=1)
     assert trainer_class(AgentGRPOConfig(**base)) is AgentGRPOTrainer
@@ -202,9 +204,9 @@ def test_rl_command_picks_the_trainer():
 def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_tasks, pool, tmp_path, monkeypatch):
     """Deng et al.'s p is the share of the group's episodes won, not of its positive step samples: 4 of 8
     episodes won, the 4 failures twice as long, gives p = 0.5 and eta = 2|0.5 - p| = 0."""
-    import gcd_trl.token_trainer as token_trainer
-    from gcd_trl.rollout.collector import StepSample
+    import gcd_trl.trainers.token as token_trainer
     from gcd_trl.rollout.episode import StepRecord
+    from gcd_trl.rollout.samples import AgentSample
 
     trainer = make(tiny_model_dir, tmp_path, alfworld_tasks, pool, nthr=True, save_strategy="no")
     seen = []
@@ -219,7 +221,7 @@ def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_task
             last = step == length - 1
             record = StepRecord(0, traj, step, f"obs {step}", "p", "c", "look", True, None, "think", 0.0,
                                 last, won and last)
-            samples.append(StepSample([1, 2, 3], list(ids), record, False, False, advantage=1.0 if won else -1.0))
+            samples.append(AgentSample([1, 2, 3], list(ids), advantage=1.0 if won else -1.0, record=record))
     trainer._nthr(samples)
     positive_share = 8 / (8 + 16)
     assert len(seen) == 1 and seen[0]["p"] == 0.5 != positive_share

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gcd_trl.envs.base import EnvSpec, Task, make_env
+from gcd_trl.envs.base import EnvSpec, Task
+from gcd_trl.envs.registry import make_env
 from gcd_trl.envs.scienceworld import (
     _GOLD_CACHE,
     VARIATIONS_ASSET,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gcd_trl.data.io import save_rows
-from gcd_trl.sft import (
+from gcd_trl.trainers.sft import (
     SFTDataArguments,
     SFTDatasetSpec,
     SFTInputError,

@@ -17,9 +17,10 @@ def _trainer(model_dir, out_dir, peft=False, **overrides):
     from datasets import Dataset
     from peft import LoraConfig
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     kwargs = dict(output_dir=str(out_dir), use_cpu=True, bf16=False, report_to="none", num_generations=2)
     kwargs.update(tasks_per_round=1, max_completion_length=16, max_tokens_per_microbatch=10_000)
@@ -39,8 +40,8 @@ def _trainer(model_dir, out_dir, peft=False, **overrides):
 
 
 def _samples(trainer, n=9, seed=0):
-    from gcd_trl.rollout.collector import StepSample
     from gcd_trl.rollout.episode import StepRecord
+    from gcd_trl.rollout.samples import AgentSample
 
     rng = random.Random(seed)
     vocab = trainer.model.config.vocab_size
@@ -65,7 +66,7 @@ def _samples(trainer, n=9, seed=0):
         prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(4, 30))]
         completion = [rng.randrange(3, vocab) for _ in range(rng.randint(2, 12))]
         adv = rng.uniform(0.2, 1.5) * (1 if traj == 0 else -1)
-        out.append(StepSample(prompt, completion, rec, truncated=i == 7, repeated=False, advantage=adv))
+        out.append(AgentSample(prompt, completion, truncated=i == 7, advantage=adv, record=rec))
     return out
 
 
@@ -89,17 +90,16 @@ def test_token_advantages_reach_trls_loss(tiny_model_dir, tmp_path):
     samples = _samples(trainer)
     _, _, g_scalar = _grads(trainer, samples, 10_000)
     for s in samples:
-        trainer._token_weights[id(s)] = torch.ones(len(s.completion_ids))
+        s.token_weights = torch.ones(len(s.completion_ids))
     _, _, g_ones = _grads(trainer, samples, 10_000)
     torch.testing.assert_close(g_ones, g_scalar, rtol=1e-5, atol=1e-7)
-    trainer._token_weights.clear()
     for s in samples:
-        if s.advantage < 0:
-            trainer._token_weights[id(s)] = torch.zeros(len(s.completion_ids))
+        s.token_weights = torch.zeros(len(s.completion_ids)) if s.advantage < 0 else None
     n_one, _, g_damped = _grads(trainer, samples, 10_000)
     n_many, _, g_damped_cut = _grads(trainer, samples, 64)
     assert n_one == 1 and n_many >= 3
-    trainer._token_weights.clear()
+    for s in samples:
+        s.token_weights = None
     zeroed = [dataclasses.replace(s, advantage=0.0) if s.advantage < 0 else s for s in samples]
     _, _, g_zero = _grads(trainer, zeroed, 10_000)
     torch.testing.assert_close(g_damped, g_zero, rtol=1e-5, atol=1e-7)
@@ -126,7 +126,8 @@ def test_nthr_features_are_the_policys_hidden_states_and_errors(tiny_model_dir, 
         onehot[torch.arange(len(s.completion_ids)), [vocab.index(t) for t in s.completion_ids]] = 1
         torch.testing.assert_close(g, onehot - probs, rtol=1e-4, atol=1e-6)
     trainer._nthr(samples)  # one mixed group: both signs present
-    assert set(trainer._token_weights) == {id(s) for s in samples if s.advantage < 0 and not s.truncated}
+    weighted = {id(s) for s in samples if s.token_weights is not None}
+    assert weighted == {id(s) for s in samples if s.advantage < 0 and not s.truncated}
     assert trainer._metrics["train"]["nthr/groups_mixed"] == [1.0]
 
 
@@ -135,7 +136,7 @@ def test_value_head_loss_joins_the_actor_loss(tiny_model_dir, tmp_path):
     samples = _samples(trainer)
     for i, s in enumerate(samples):
         if i % 3 != 2:
-            trainer._value_labels[id(s)] = int(s.record.won)
+            s.label = int(s.record.won)
     params = list(trainer.model.parameters())
     n_one, loss_with, g_with = _grads(trainer, samples, 10_000, params)
     head_grad = trainer.value_head.score.weight.grad.clone()
@@ -162,15 +163,14 @@ def test_critic_loss_does_not_depend_on_the_cut(tiny_model_dir, tmp_path):
     samples = _samples(trainer)
     per_sample = trainer._advantages(samples)
     assert len(per_sample) == len(samples)
-    data = [trainer._token_advantages[id(s)] for s in samples]
     masked = trainer.mask_truncated_completions
-    kept = [d["advantages"] for s, d in zip(samples, data) if not (s.truncated and masked)]
+    kept = [s.token_advantages for s in samples if not (s.truncated and masked)]
     flat = torch.cat([torch.as_tensor(a) for a in kept])
     assert float(flat.mean()) == pytest.approx(0.0, abs=1e-5)  # whitened over the loss-carrying tokens
     assert float(flat.std()) == pytest.approx(1.0, abs=1e-3)
-    for s, d in zip(samples, data):  # gamma = lam = 1: returns are the step's score on every token
+    for s in samples:  # gamma = lam = 1: returns are the step's score on every token
         score = 10.0 * s.record.won - 0.1 * (not s.record.valid)
-        assert d["returns"].tolist() == pytest.approx([score] * len(s.completion_ids), abs=1e-5)
+        assert s.returns.tolist() == pytest.approx([score] * len(s.completion_ids), abs=1e-5)
     grads = []
 
     def capture():
@@ -196,7 +196,7 @@ def test_lora_actor_with_critic_value_head_and_nthr(tiny_model_dir, tmp_path):
     samples = _samples(trainer)
     trainer._advantages(samples)
     for s in samples:
-        trainer._value_labels[id(s)] = int(s.record.won)
+        s.label = int(s.record.won)
     model = trainer.model
     critic_grads = []
     trainer.critic_optimizer.step = lambda: critic_grads.extend(p.grad for p in trainer.critic.parameters())

@@ -84,8 +84,9 @@ def make_trainer(
 ):
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
     kwargs = dict(
         output_dir=str(out_dir),
@@ -354,7 +355,8 @@ def _write_config(path, **values):
 
 
 def test_rl_command_fails_fast_before_loading_a_model(tmp_path):
-    from gcd_trl.commands.rl import InputError, prepare
+    from gcd_trl.config import ConfigError as InputError
+    from gcd_trl.trainers.run import prepare
 
     games_dir = str(tmp_path / "nope")
     base = dict(environment="alfworld", split="all", use_cpu=True, bf16=False, output_dir=str(tmp_path / "o"))
@@ -427,7 +429,7 @@ def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():
     """The trainer-vs-vLLM log-prob gap skips padding and tokens vLLM gave no log-prob for (NaN)."""
     import torch
 
-    from gcd_trl.trainer import AgentGRPOTrainer
+    from gcd_trl.trainers.metrics import sampling_gap
 
     nan = float("nan")
     mb = {
@@ -436,7 +438,7 @@ def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():
         "sampling_per_token_logps": torch.tensor([[-1.5, -2.0, 0.0], [nan, nan, nan]]),
         "importance_sampling_ratio": torch.tensor([[0.5], [1.0]]),
     }
-    gap, ratio = AgentGRPOTrainer._sampling_gap(mb)
+    gap, ratio = sampling_gap(mb)
     assert gap.tolist() == [0.5, 0.0]
     assert ratio.tolist() == [0.5, 0.5]
 
@@ -498,7 +500,7 @@ def test_resume_falls_back_from_a_half_written_checkpoint(
 ):
     """A kill while saving leaves the newest checkpoint without its state: `resume_from_checkpoint: true`
     takes the previous complete one (saying so), and an explicit incomplete path is refused by name."""
-    from gcd_trl.checkpoints import resolve_resume
+    from gcd_trl.trainers.checkpoints import resolve_resume
 
     trainer = make_trainer(
         tiny_model_dir,

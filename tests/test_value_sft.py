@@ -88,8 +88,8 @@ def _argv(model_dir, out, agent, judge, *extra):
 def test_value_sft_trains_lm_and_head_and_feeds_rl(tiny_model_dir, tmp_path):
     import torch
 
-    from gcd_trl.value_head import ValueHead
-    from gcd_trl.value_sft import build_trainer, labelled_steps, parse_config
+    from gcd_trl.trainers.value_head import ValueHead
+    from gcd_trl.trainers.value_sft import build_trainer, labelled_steps, parse_config
 
     agent, judge, steps = _data(tmp_path)
     assert labelled_steps(str(steps)) == [("obs A", "<action>x</action>", 0)]
@@ -116,9 +116,10 @@ def test_value_sft_trains_lm_and_head_and_feeds_rl(tiny_model_dir, tmp_path):
     # RL picks the head up from the model folder
     from datasets import Dataset
 
-    from gcd_trl.config import AgentGRPOConfig, EnvArguments
     from gcd_trl.envs.base import Task
-    from gcd_trl.ppo import trainer_class
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import AgentGRPOConfig
+    from gcd_trl.trainers.run import trainer_class
 
     rl_args = AgentGRPOConfig(
         output_dir=str(tmp_path / "rl"),
@@ -142,7 +143,7 @@ def test_value_sft_trains_lm_and_head_and_feeds_rl(tiny_model_dir, tmp_path):
 
 def test_value_sft_rejects_bad_inputs(tiny_model_dir, tmp_path):
     from gcd_trl.data.io import save_rows
-    from gcd_trl.value_sft import ValueSFTError, build_trainer, parse_config
+    from gcd_trl.trainers.value_sft import ValueSFTError, build_trainer, parse_config
 
     agent, judge, _ = _data(tmp_path)
     with pytest.raises(ValueSFTError, match="value_data is empty"):

@@ -11,7 +11,19 @@ import importlib
 import sys
 
 # pipeline order first (data, sft, rl, eval, analyze), then tools; a module not built yet is skipped
-COMMANDS = ("data", "sft", "rl", "eval", "analyze", "judge", "tiny_model", "config", "env", "advantages")
+COMMANDS = (
+    "data",
+    "sft",
+    "rl",
+    "eval",
+    "analyze",
+    "value_sft",
+    "judge",
+    "tiny_model",
+    "config",
+    "env",
+    "advantages",
+)
 
 EPILOG = """\
 a typical run, in pipeline order:
@@ -19,12 +31,13 @@ a typical run, in pipeline order:
   gcd-trl env generate-alfworld --data_dir outputs/games --generate_games 12
   gcd-trl data agent-sft ...                                  # cold-start data (expert episodes)
   gcd-trl sft --config configs/sft/FILE.yaml                  # cold start
+  gcd-trl value-sft --config configs/ablations/FILE.yaml      # or the value-head baseline's cold start
   gcd-trl rl --config configs/rl/tiny_alfworld_grpo.yaml      # GRPO / GiGPO / RLVMR (+ GCD)
   gcd-trl rl --config FILE --accelerate_config zero2 --num_processes 8
   gcd-trl eval --config configs/eval/FILE.yaml                # success rate on a split
   gcd-trl analyze all --run outputs/tiny_alfworld_grpo        # the paper's diagnostics
 
-`gcd-trl COMMAND -h` lists a command's options; rl, sft and eval list every config field with its
+`gcd-trl COMMAND -h` lists a command's options; rl, sft, value-sft and eval list every config field with its
 default (any field can be given as --key value, on top of --config FILE).
 """
 

@@ -8,7 +8,8 @@ A backend turns a list of user-message prompts into one `Generation` each, in or
 Backends: `HFGenerator` (transformers `generate`, batched and left-padded), `VLLMGenerator` (`vllm.LLM`
 offline, imported only when built), `OpenAIGenerator` (any OpenAI-compatible chat endpoint through the
 `openai` client: a hosted model, `vllm serve`, `trl vllm-serve`). The trainer plugs TRL's own generation
-(vLLM weight sync, colocate/server) into the same `Generator` protocol.
+(vLLM weight sync, colocate/server) into the same `Generator` protocol: `TrainerGenerator`, the one place
+that calls TRL's private generation API.
 
 The chat wrapping of a prompt (one user turn, the tokenizer's chat template with the generation prompt)
 is defined once, in `to_chat` / `chat_prompt_ids`; the OpenAI backend sends `to_chat(prompt)` and the
@@ -17,11 +18,14 @@ server applies its own template.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from gcd_trl.dist import max_over_processes
 
 
 @dataclass
@@ -380,3 +384,86 @@ class OpenAIGenerator:
             return [self._request(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
             return list(pool.map(self._request, prompts))
+
+
+class TrainerGenerator:
+    """TRL's generation machinery behind the `gcd_trl.generation.Generator` protocol.
+
+    Every call into TRL's private generation API lives here (`_tokenize_prompts`, `_generate_single_turn`:
+    transformers `generate` under `unwrap_model_for_generation`, or TRL's vLLM colocate/server backend with
+    its weight sync), so a TRL upgrade touches one class. With several processes, calls are made in
+    lockstep (the collector syncs its turn loop): backends whose generate is collective (vLLM server/TP
+    colocate, ZeRO-3/FSDP) see the same number of calls, and vLLM, which slices its outputs by an equal
+    per-process count, gets equal-size prompt lists.
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self._eos_and_pad = {*trainer.eos_token_ids, trainer._tokenizer.pad_token_id}
+
+    @contextlib.contextmanager
+    def _setting(
+        self, vllm_field: str, vllm_value: Any, config_field: str, config_value: Any, restore: Any = None
+    ):
+        """Set a sampling setting of TRL's vLLM backend and of its HF generation config (and kwargs) inside
+        the block; restore `restore` after it, or (None) the values they had."""
+        t = self.trainer
+        vllm = getattr(t, "vllm_generation", None) if t.use_vllm else None
+        config = getattr(t, "generation_config", None)
+        old_vllm = getattr(vllm, vllm_field) if vllm is not None and restore is None else restore
+        old_config = getattr(config, config_field) if config is not None and restore is None else restore
+        try:
+            if vllm is not None:
+                setattr(vllm, vllm_field, vllm_value)
+            if config is not None:
+                setattr(config, config_field, config_value)
+                t.generation_kwargs[config_field] = config_value
+            yield
+        finally:
+            if vllm is not None:
+                setattr(vllm, vllm_field, old_vllm)
+            if config is not None:
+                setattr(config, config_field, old_config)
+                t.generation_kwargs[config_field] = old_config
+
+    @contextlib.contextmanager
+    def max_new_tokens(self, limit: int | None):
+        """Cap completions at `limit` tokens inside the block (GCD judge answers); None keeps the default."""
+        if limit is None:
+            yield
+            return
+        saved = self.trainer.max_completion_length
+        with self._setting("max_completion_length", limit, "max_new_tokens", limit, restore=saved):
+            yield
+
+    def greedy(self) -> contextlib.AbstractContextManager:
+        """Greedy decoding inside the block (evaluation), for the HF and the vLLM backends."""
+        return self._setting("temperature", 0.0, "do_sample", False)
+
+    def generate(self, prompts: list[str]) -> list[Generation]:
+        t = self.trainer
+        n = len(prompts)
+        prompt_ids = t._tokenize_prompts([to_chat(p) for p in prompts])[0] if prompts else []
+        prompt_ids = [list(ids) for ids in prompt_ids]
+        target = n
+        if t.accelerator.num_processes > 1:
+            if t.use_vllm:
+                target = max_over_processes(t.accelerator, n)
+            elif n == 0:
+                target = 1  # sharded models (ZeRO-3/FSDP) need every process in each forward
+        tok = t._tokenizer
+        dummy = [tok.pad_token_id if tok.bos_token_id is None else tok.bos_token_id]
+        padded = prompt_ids + [list(prompt_ids[0]) if prompt_ids else dummy] * (target - n)
+        if not padded:
+            return []
+        completion_ids, logprobs = t._generate_single_turn(padded, None, {}, 1)
+        completion_ids = [list(c) for c in completion_ids[:n]]
+        texts = t.processing_class.batch_decode(completion_ids, skip_special_tokens=True) if n else []
+        out = []
+        for i in range(n):
+            ids = completion_ids[i]
+            truncated = not ids or ids[-1] not in self._eos_and_pad
+            out.append(
+                Generation(prompt_ids[i], ids, texts[i], truncated, None if logprobs is None else logprobs[i])
+            )
+        return out

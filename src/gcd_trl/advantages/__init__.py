@@ -29,9 +29,9 @@ from gcd_trl.advantages.common import (
     GRPO_LEVELS,
     NORMS,
     STEP_REWARDS,
-    SUCCESS_REWARD,
     TAGS,
     AdvantageConfig,
+    AdvantageConfigError,
     Advantages,
     RecordError,
     StepBatch,
@@ -53,31 +53,12 @@ def compute_advantage_terms(
 
 
 def compute_advantages(
-    batch: StepBatch | Iterable[Mapping[str, Any]],
-    estimator: str = "grpo",
-    *,
-    gamma: float = 0.95,
-    omega: float = 1.0,
-    norm: str = "mean_std",
-    invalid_penalty: float = 0.1,
-    similarity_threshold: float | None = None,
-    grpo_level: str = "steps",
-    success_reward: float = SUCCESS_REWARD,
-    step_reward: str = "success",
+    batch: StepBatch | Iterable[Mapping[str, Any]], estimator: str = "grpo", **settings: Any
 ) -> np.ndarray:
-    """One advantage per step (float64, aligned with the batch rows / records)."""
-    config = AdvantageConfig(
-        estimator=estimator,
-        gamma=gamma,
-        omega=omega,
-        norm=norm,
-        invalid_penalty=invalid_penalty,
-        similarity_threshold=similarity_threshold,
-        grpo_level=grpo_level,
-        success_reward=success_reward,
-        step_reward=step_reward,
-    )
-    return compute_advantage_terms(batch, config).total
+    """One advantage per step (float64, aligned with the batch rows / records). `settings` are
+    AdvantageConfig fields (gamma, omega, norm, invalid_penalty, similarity_threshold, grpo_level,
+    success_reward, step_reward, ...); the ones not given keep AdvantageConfig's defaults."""
+    return compute_advantage_terms(batch, AdvantageConfig(estimator=estimator, **settings)).total
 
 
 __all__ = [
@@ -86,9 +67,9 @@ __all__ = [
     "GRPO_LEVELS",
     "NORMS",
     "STEP_REWARDS",
-    "SUCCESS_REWARD",
     "TAGS",
     "AdvantageConfig",
+    "AdvantageConfigError",
     "Advantages",
     "RecordError",
     "StepBatch",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-ESTIMATORS = ("grpo", "gigpo", "rlvmr", "gae")  # gae: PPO with a critic (gcd_trl.ppo; gae.py)
+ESTIMATORS = ("grpo", "gigpo", "rlvmr", "gae")  # gae: PPO with a critic (gcd_trl.trainers.ppo; gae.py)
 GRPO_FAMILY = ("grpo", "gigpo", "rlvmr")  # group-relative estimators (NTHR applies to these)
 NORMS = ("mean_std", "mean")
 GRPO_LEVELS = ("steps", "trajectories")
@@ -62,26 +62,33 @@ class AdvantageConfig:
     )
 
     def __post_init__(self) -> None:
+        """The one check of the advantage settings (the run config delegates here, naming its own keys)."""
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("norm", self.norm, NORMS)
         _choice("grpo_level", self.grpo_level, GRPO_LEVELS)
         _choice("step_reward", self.step_reward, STEP_REWARDS)
         if not self.success_reward > 0:
-            raise ValueError(f"success_reward={self.success_reward!r} must be > 0")
+            raise AdvantageConfigError("success_reward", self.success_reward, "{field}={value} must be > 0")
         if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma={self.gamma!r} must lie in [0, 1]")
+            raise AdvantageConfigError("gamma", self.gamma, "{field}={value} must lie in [0, 1]")
         if self.invalid_penalty < 0:
-            raise ValueError(f"invalid_penalty={self.invalid_penalty!r} must be >= 0")
+            raise AdvantageConfigError(
+                "invalid_penalty", self.invalid_penalty, "{field}={value} must be >= 0.0"
+            )
         if self.epsilon <= 0:
-            raise ValueError(f"epsilon={self.epsilon!r} must be > 0")
+            raise AdvantageConfigError("epsilon", self.epsilon, "{field}={value} must be > 0")
         t = self.similarity_threshold
         if t is not None and not 0.0 < t <= 1.0:
-            raise ValueError(
-                f"similarity_threshold={t!r} must lie in (0, 1] (or be None for identical anchors)"
+            raise AdvantageConfigError(
+                "similarity_threshold",
+                t,
+                "{field}={value} must lie in (0, 1] (or be None for identical anchors)",
             )
         if t is not None and t < 1.0 and self.estimator != "gigpo":
-            raise ValueError(
-                f"similarity_threshold applies to estimator gigpo only (estimator={self.estimator!r})"
+            raise AdvantageConfigError(
+                "similarity_threshold",
+                t,
+                "{field} applies to {estimator}=gigpo only, not " + repr(self.estimator),
             )
 
     @classmethod
@@ -126,9 +133,33 @@ class RecordError(ValueError):
         super().__init__(f"record {index}: {problem}")
 
 
+class AdvantageConfigError(ValueError):
+    """An impossible advantage setting: `field` (an AdvantageConfig field), its `value`, and the `problem` as
+    a template naming fields in braces ({field}, {value}, other fields), so the run config can name its
+    own keys (`render`)."""
+
+    def __init__(self, field: str, value: Any, problem: str):
+        self.field, self.value, self.problem = field, value, problem
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        """The message, with each field called what `names` maps it to (default: its own name)."""
+        names = dict(names or {})
+
+        class _Names(dict):
+            def __missing__(self, key: str) -> str:
+                return names.get(key, key)
+
+        return self.problem.format_map(
+            _Names(field=names.get(self.field, self.field), value=repr(self.value))
+        )
+
+
 def _choice(name: str, value: str, options: Sequence[str]) -> None:
     if value not in options:
-        raise ValueError(f"{name}={value!r} must be one of {', '.join(options)}")
+        raise AdvantageConfigError(
+            name, value, "{field}={value} is not one of " + ", ".join(map(repr, options))
+        )
 
 
 def factorize(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, Sequence[Any]]:

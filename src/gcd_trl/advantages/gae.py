@@ -19,7 +19,7 @@ verl-agent's PPO recipe (examples/ppo_trainer/run_alfworld.sh) treats every env 
   (`verl_F.masked_whiten`). With the defaults gamma = lam = 1, A_t = score - V_t and R_t = score.
 
 `compute(batch, config)` is this estimator without a critic (V = 0, one token per step), for
-`gcd-trl advantages`: each step's score, whitened over the steps. The trainer (`gcd_trl.ppo`) uses the
+`gcd-trl advantages`: each step's score, whitened over the steps. The trainer (`gcd_trl.trainers.ppo`) uses the
 critic's values and the real completion tokens instead.
 """
 

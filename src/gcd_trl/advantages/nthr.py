@@ -21,7 +21,7 @@ Computed as in the paper's appendix 7.4: the sums over positive tokens first, M+
 (|V*| x d), then s_t = g_t^T M+ h_t for every token; prediction errors restricted to V*, the tokens that
 occur in the group's completions (not renormalised).
 
-In the multi-turn agent setting (gcd_trl.token_trainer) a "response" is one env step's completion and its
+In the multi-turn agent setting (gcd_trl.trainers.token) a "response" is one env step's completion and its
 group is the G episodes of one task: positive samples are the group's step samples with advantage > 0,
 negative ones those with advantage < 0. The step samples of a group pool different prompts (each step of
 each episode has its own state), as GiGPO-free GRPO pools them for its advantages; the hidden-state

@@ -17,13 +17,13 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gcd_trl import files
 from gcd_trl.generation import chat_prompt_ids
 from gcd_trl.rollout.parse import normalize_action, parse_output
 from gcd_trl.rollout.records import read_steps
@@ -51,19 +51,7 @@ def _clean(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write through a temporary file then rename, so a killed run never leaves half a JSON file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(obj), f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_text_atomic(path, json.dumps(_clean(obj), indent=1, allow_nan=False) + "\n")
 
 
 def load_records(paths: str | os.PathLike | Sequence[str | os.PathLike], kind: str = "agent") -> list[dict]:

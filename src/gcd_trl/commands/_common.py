@@ -1,7 +1,8 @@
-"""What every command shares, so the CLI behaves like `trl`: `-h` that lists every config field (as
-`trl grpo -h` does), `--accelerate_config NAME|FILE --num_processes N` that relaunch the command under
-`accelerate launch`, status lines printed once (not once per rank), `report_to` checked before a model
-loads, and flags that reject non-finite numbers.
+"""What every command's argument parsing shares, so the CLI behaves like `trl`: `-h` that lists every config
+field (as `trl grpo -h` does), `--accelerate_config NAME|FILE --num_processes N` that relaunch the command
+under `accelerate launch` (`gcd_trl.launch`), old flag spellings, and flags that reject non-finite
+numbers. Status lines printed once are `gcd_trl.dist.print_once`; checks before a model loads live in
+`gcd_trl.config`.
 
 Nothing here imports torch, TRL or an env engine at module level: `gcd-trl -h` stays instant.
 """
@@ -9,69 +10,17 @@ Nothing here imports torch, TRL or an env engine at module level: `gcd-trl -h` s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ACCELERATE_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "accelerate"
-# Named like TRL's; a name is looked up in configs/accelerate/ first, then in trl/accelerate_configs.
-ACCELERATE_CONFIG_NAMES = ("cpu", "single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2")
-
-# report_to value -> (module to import, how to install it)
-REPORTERS: dict[str, tuple[str, str]] = {
-    "tensorboard": ("tensorboard", "pip install tensorboard (a default dependency of gcd-trl)"),
-    "trackio": ("trackio", "pip install 'gcd-trl[trackio]'"),
-    "wandb": ("wandb", "pip install 'gcd-trl[wandb]'"),
-    "mlflow": ("mlflow", "pip install mlflow"),
-    "comet_ml": ("comet_ml", "pip install comet_ml"),
-    "clearml": ("clearml", "pip install clearml"),
-    "swanlab": ("swanlab", "pip install swanlab"),
-    "dvclive": ("dvclive", "pip install dvclive"),
-    "neptune": ("neptune", "pip install neptune"),
-    "codecarbon": ("codecarbon", "pip install codecarbon"),
-}
-
 
 class CommandError(ValueError):
     """A bad input found by shared command code (printed as `gcd-trl COMMAND: MESSAGE`, exit 2)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Ranks and printing
-
-
-def process_rank() -> int:
-    """This process's global rank under torchrun / accelerate / deepspeed (0 when launched alone).
-
-    Read from the environment, so it works before (and without) a process group."""
-    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
-def world_size() -> int:
-    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 1
-
-
-def is_main_process() -> bool:
-    return process_rank() == 0
-
-
-def print_once(*args: Any, file=None, **kwargs: Any) -> None:
-    """`print` to stderr on the main process only: status lines, and errors every rank finds alike."""
-    if is_main_process():
-        kwargs.setdefault("flush", True)
-        print(*args, file=sys.stderr if file is None else file, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -98,6 +47,13 @@ def add_alias(parser: argparse.ArgumentParser, *old: str, dest: str, **kwargs: A
 # Commands backed by TrlParser dataclasses (rl, sft, eval)
 
 
+def lazy(module: str, attribute: str) -> Callable[[], Any]:
+    """`module.attribute`, imported when called (so building the parser imports nothing heavy)."""
+    import importlib
+
+    return lambda: getattr(importlib.import_module(module), attribute)
+
+
 def add_trl_command(
     sub: argparse._SubParsersAction,
     name: str,
@@ -106,12 +62,16 @@ def add_trl_command(
     description: str,
     config_help: str,
     launch: bool = True,
+    dataclasses: Callable[[], Sequence[type]] | None = None,
+    main: Callable[[list[str]], int] | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand whose options are the fields of TrlParser dataclasses.
 
     `-h` is answered by `print_trl_help` (every field with its help and default); `--config` is optional
     (any field can be given as `--key value`); with `launch`, `--accelerate_config` / `--num_processes`
-    relaunch the command under accelerate (`maybe_launch`). Unparsed arguments reach the handler as `rest`.
+    relaunch the command under accelerate (`gcd_trl.launch`). Unparsed arguments reach the handler as
+    `rest`. With `dataclasses` (their loader) and `main(argv) -> exit code`, the handler is `trl_prelude`
+    then `main` with the argv for TrlParser.
     """
     p = sub.add_parser(name, help=help, description=description, add_help=False, allow_abbrev=False)
     p.add_argument(
@@ -124,10 +84,20 @@ def add_trl_command(
     if launch:
         add_launch_arguments(p)
     p.set_defaults(accepts_extra=True)
+    if main is not None and dataclasses is not None:
+
+        def handler(args: argparse.Namespace, rest: list[str]) -> int:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            argv = trl_prelude(args, rest, name, dataclasses, description)
+            return argv if isinstance(argv, int) else main(argv)  # int: -h, or the launched processes' code
+
+        p.set_defaults(func=handler)
     return p
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+    from gcd_trl.launch import ACCELERATE_CONFIG_NAMES
+
     p.add_argument(
         "--accelerate_config",
         default=None,
@@ -191,9 +161,18 @@ def trl_prelude(
     """
     if getattr(args, "help", False):
         return print_trl_help(f"gcd-trl {command}", dataclass_types(), description)
+    from gcd_trl.config import ConfigError
+    from gcd_trl.launch import maybe_launch
+
     try:
-        code = maybe_launch(command, args, rest)
-    except CommandError as err:
+        code = maybe_launch(
+            command,
+            config_argv(args, rest),
+            getattr(args, "accelerate_config", None),
+            getattr(args, "num_processes", None),
+            getattr(args, "config", None),
+        )
+    except ConfigError as err:
         print(f"gcd-trl {command}: {err}", file=sys.stderr)
         return 2
     if code is not None:
@@ -202,149 +181,7 @@ def trl_prelude(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Launching through accelerate
-
-
-def resolve_accelerate_config(name_or_path: str) -> Path:
-    """A file path as given; else configs/accelerate/NAME.yaml; else TRL's packaged NAME.yaml."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    stem = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
-    for folder in (Path.cwd() / "configs" / "accelerate", REPO_ACCELERATE_CONFIGS):
-        candidate = folder / f"{stem}.yaml"
-        if "/" not in stem and candidate.is_file():
-            return candidate
-    from importlib import resources
-
-    try:
-        candidate = resources.files("trl.accelerate_configs").joinpath(f"{stem}.yaml")
-        if "/" not in stem and candidate.is_file():
-            return Path(str(candidate))
-    except ModuleNotFoundError:
-        pass
-    ours = (
-        sorted(p.stem for p in REPO_ACCELERATE_CONFIGS.glob("*.yaml"))
-        if REPO_ACCELERATE_CONFIGS.is_dir()
-        else []
-    )
-    raise CommandError(
-        f"--accelerate_config {name_or_path}: neither a file nor a known config name "
-        f"(ours: {', '.join(ours) or 'none found'}; TRL's: single_gpu, multi_gpu, zero1, zero2, zero3, fsdp1, "
-        "fsdp2)"
-    )
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise CommandError(f"--accelerate_config {path}: cannot read it ({err})") from None
-    if not isinstance(data, dict):
-        raise CommandError(f"--accelerate_config {path}: not a YAML mapping")
-    return data
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _has_cuda() -> bool:
-    """Whether a CUDA device is visible, without importing torch (nvidia-smi's device files)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def accelerate_launch_args(
-    accelerate_config: str | None, num_processes: int | None
-) -> tuple[list[str], bool]:
-    """`accelerate launch` options for a config name/file and a process count, and whether it is a CPU run.
-
-    A CPU config (`use_cpu: true`) with more than one process is launched through torchrun's launcher
-    (accelerate's `--multi_gpu` path, gloo backend): accelerate alone would start one process on CPU.
-    """
-    if num_processes is not None and num_processes < 1:
-        raise CommandError(f"--num_processes must be >= 1, got {num_processes}")
-    if accelerate_config is None:
-        if _has_cuda():
-            accelerate_config = "multi_gpu" if (num_processes or 1) > 1 else "single_gpu"
-        else:
-            accelerate_config = "cpu"
-    path = resolve_accelerate_config(accelerate_config)
-    cfg = _read_yaml(path)
-    n = num_processes or int(cfg.get("num_processes") or 1)
-    cpu = bool(cfg.get("use_cpu")) or not _has_cuda()
-    out = ["--config_file", str(path), "--num_processes", str(n)]
-    if cpu and n > 1 and str(cfg.get("distributed_type", "NO")).upper() == "NO":
-        out.append("--multi_gpu")
-    if n > 1 and int(cfg.get("num_machines") or 1) == 1 and not cfg.get("main_process_port"):
-        out += ["--main_process_port", str(_free_port())]  # two runs on one node must not collide on 29500
-    return out, cpu
-
-
-def maybe_launch(command: str, args: argparse.Namespace, rest: list[str]) -> int | None:
-    """Relaunch `gcd-trl COMMAND ...` under accelerate when --accelerate_config / --num_processes are given
-    (and we are not already a launched process). Returns the exit code, or None to run here."""
-    config = getattr(args, "accelerate_config", None)
-    n = getattr(args, "num_processes", None)
-    if config is None and n is None:
-        return None
-    if "LOCAL_RANK" in os.environ and world_size() > 1:
-        raise CommandError(
-            "--accelerate_config / --num_processes given inside an already launched process: "
-            "use either `accelerate launch ... -m gcd_trl` or these flags, not both"
-        )
-    launch_args, cpu = accelerate_launch_args(config, n)
-    config_file = getattr(args, "config", None)
-    if config_file and not Path(config_file).is_file():  # say it once, here, not once per launched rank
-        raise CommandError(f"config file not found: {config_file}")
-    from accelerate.commands.launch import launch_command, launch_command_parser
-
-    script = ["-m", "gcd_trl", command, *config_argv(args, rest)]
-    parsed = launch_command_parser().parse_args([*launch_args, *script])
-    print_once(f"gcd-trl {command}: accelerate launch {' '.join(launch_args)} {' '.join(script)}")
-    saved = os.environ.get("ACCELERATE_USE_CPU")
-    if cpu:
-        os.environ["ACCELERATE_USE_CPU"] = "true"  # TrainingArguments then picks the gloo CPU backend
-    try:
-        launch_command(parsed)
-    except SystemExit as err:  # accelerate exits with the failed worker's code
-        return int(err.code or 0) if not isinstance(err.code, str) else 1
-    except Exception as err:  # torchrun's ChildFailedError, CalledProcessError: already reported above
-        print(f"gcd-trl {command}: launched processes failed: {type(err).__name__}", file=sys.stderr)
-        return 1
-    finally:
-        if saved is None:
-            os.environ.pop("ACCELERATE_USE_CPU", None)
-        else:
-            os.environ["ACCELERATE_USE_CPU"] = saved
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Checks before a model loads
-
-
-def check_report_to(report_to: str | Sequence[str] | None) -> None:
-    """Every `report_to` integration must be importable: fail before the model loads, naming the package
-    and how to install it (transformers would only fail after loading the model)."""
-    if report_to is None:
-        return
-    names = [report_to] if isinstance(report_to, str) else list(report_to)
-    for name in names:
-        name = str(name).strip()
-        if name in ("", "none", "all"):
-            continue
-        module, how = REPORTERS.get(name, (None, None))
-        if module is None:
-            continue  # transformers knows it (or rejects it with its own message)
-        if importlib.util.find_spec(module) is None:
-            raise CommandError(f"report_to={name}: the {module!r} package is not installed ({how})")
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
@@ -358,3 +195,20 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     if parent.exists() and not parent.is_dir():
         raise CommandError(f"{flag} {out}: {parent} is a file, not a folder")
     return out
+
+
+def selected_tasks(args: argparse.Namespace) -> list:
+    """The tasks the task flags name (--games | --split/--part/--data_dir, --task_types,
+    --scienceworld_tasks, --max_tasks), through the one task selector (`gcd_trl.envs.tasks`)."""
+    from gcd_trl.envs.tasks import select_tasks
+
+    return select_tasks(
+        args.environment,
+        args.split,
+        args.part,
+        args.data_dir,
+        games=args.games or None,
+        task_types=args.task_types,
+        scienceworld_tasks=args.scienceworld_tasks,
+        max_tasks=args.max_tasks,
+    )

@@ -11,12 +11,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
 
 from gcd_trl.commands._common import CommandError, add_alias, check_output_file, finite_float
-
-STEP_RANGE = 2**31  # step indices are episode step counts; far larger ones overflow GiGPO's sort key
-REWARD_LIMIT = 1e150  # squares and sums of a group's rewards must stay finite (float64 ends near 1.8e308)
 
 
 def _bool(text: str) -> bool:
@@ -29,6 +25,9 @@ def _bool(text: str) -> bool:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from gcd_trl.advantages.common import GRPO_FAMILY, GRPO_LEVELS, NORMS, STEP_REWARDS, AdvantageConfig
+
+    d = AdvantageConfig()  # the defaults: the run config's and the references'
     p = sub.add_parser(
         "advantages",
         help="Add advantages to step records (JSONL in, JSONL out).",
@@ -42,62 +41,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--advantage_estimator",
-        choices=("grpo", "gigpo", "rlvmr"),
+        choices=GRPO_FAMILY,
         default=None,
         help="The estimator (required; the run config key advantage_estimator).",
     )
-    add_alias(p, "--estimator", dest="advantage_estimator", choices=("grpo", "gigpo", "rlvmr"))
+    add_alias(p, "--estimator", dest="advantage_estimator", choices=GRPO_FAMILY)
     p.add_argument("--input", required=True, help="JSONL file of step records ('-' for stdin).")
     p.add_argument(
         "--output",
         default="-",
         help="Where to write the JSONL ('-': stdout); its folder is created, the file written atomically.",
     )
-    p.add_argument("--gamma", type=finite_float, default=0.95, help="Discount of GiGPO step returns.")
-    p.add_argument("--omega", type=finite_float, default=1.0, help="Weight of the step-level advantage.")
+    p.add_argument("--gamma", type=finite_float, default=d.gamma, help="Discount of GiGPO step returns.")
+    p.add_argument("--omega", type=finite_float, default=d.omega, help="Weight of the step-level advantage.")
     p.add_argument(
         "--step_adv_norm",
-        choices=("mean_std", "mean"),
-        default="mean_std",
+        choices=NORMS,
+        default=d.norm,
         help="(x-mean)/(std+1e-6) with the unbiased std, or x-mean.",
     )
-    add_alias(p, "--norm", dest="step_adv_norm", choices=("mean_std", "mean"))
+    add_alias(p, "--norm", dest="step_adv_norm", choices=NORMS)
     p.add_argument(
         "--invalid_penalty",
         type=finite_float,
-        default=0.1,
+        default=d.invalid_penalty,
         help="Subtracted from an invalid step's scores.",
     )
     add_alias(p, "--invalid-penalty", dest="invalid_penalty", type=finite_float)
     p.add_argument(
         "--similarity_threshold",
         type=finite_float,
-        default=None,
+        default=d.similarity_threshold,
         help="GiGPO: group anchors at least this similar (difflib ratio); None: identical only.",
     )
     add_alias(p, "--similarity-threshold", dest="similarity_threshold", type=finite_float)
     p.add_argument(
         "--success_reward",
         type=finite_float,
-        default=10.0,
+        default=d.success_reward,
         help="Episode reward of a won trajectory, for records with `won` but no episode_reward "
         "(verl-agent and RLVMR: 10).",
     )
     add_alias(p, "--success-reward", dest="success_reward", type=finite_float)
     p.add_argument(
         "--gigpo_step_reward",
-        choices=("success", "dense"),
-        default="success",
+        choices=STEP_REWARDS,
+        default=d.step_reward,
         help="GiGPO step rewards for records without step_reward: the success reward on the last step "
         "(the references) or success_reward x env_reward (dense ScienceWorld score deltas).",
     )
-    add_alias(p, "--step-reward", dest="gigpo_step_reward", choices=("success", "dense"))
+    add_alias(p, "--step-reward", dest="gigpo_step_reward", choices=STEP_REWARDS)
     p.add_argument(
         "--reflection_at_first_step",
         type=_bool,
         nargs="?",
         const=True,
-        default=True,
+        default=d.reflection_at_first_step,
         metavar="BOOL",
         help="RLVMR: pay <reflection> at a trajectory's first step (RLVMR's code does).",
     )
@@ -111,75 +110,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_alias(p, "--no-reflection-at-first-step", dest="reflection_at_first_step", action="store_false")
     p.add_argument(
         "--grpo_level",
-        choices=("steps", "trajectories"),
-        default="steps",
+        choices=GRPO_LEVELS,
+        default=d.grpo_level,
         help="Episode statistics over step samples (verl-agent) or one value per trajectory.",
     )
-    add_alias(p, "--grpo-level", dest="grpo_level", choices=("steps", "trajectories"))
+    add_alias(p, "--grpo-level", dest="grpo_level", choices=GRPO_LEVELS)
     p.set_defaults(func=run)
 
 
-def _read_records(stream: TextIO, name: str) -> tuple[list[dict[str, Any]], list[int]]:
-    records, lines = [], []
-    for lineno, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{name}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{name}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        step = record.get("step")
-        if isinstance(step, int) and not isinstance(step, bool) and not 0 <= step < STEP_RANGE:
-            raise ValueError(f"{name}:{lineno}: step {step} is out of range (0 <= step < 2**31)")
-        records.append(record)
-        lines.append(lineno)
-    return records, lines
-
-
-def _check_magnitudes(batch: Any, lines: list[int], name: str) -> None:
-    """Rewards beyond +-1e150 overflow the group statistics (the std of 1e308 and -1e308 is inf, which
-    silently turns every advantage into 0): refuse them, naming the record."""
-    import numpy as np
-
-    for label, values in (("episode_reward", batch.episode_reward), ("step_reward", batch.step_reward)):
-        big = np.flatnonzero(np.abs(np.asarray(values, dtype=np.float64)) > REWARD_LIMIT)
-        if len(big):
-            i = int(big[0])
-            raise ValueError(
-                f"{name}:{lines[i]}: {label} {float(values[i]):.3g} is too large to normalise "
-                f"(|reward| must be <= {REWARD_LIMIT:.0e}); rescale the rewards"
-            )
-
-
-def _check_finite(terms: Any, records: list[dict[str, Any]], lines: list[int], name: str) -> None:
-    """Huge rewards overflow the group statistics (e.g. 1e308 squared): refuse rather than write NaN."""
-    import numpy as np
-
-    for label, values in (("advantage", terms.total), ("episode_advantage", terms.episode)):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)))
-        if len(bad):
-            i = int(bad[0])
-            rewards = [
-                abs(r["episode_reward"]) for r in records if isinstance(r.get("episode_reward"), int | float)
-            ]
-            biggest = f" (largest |episode_reward|: {max(rewards):.3g})" if rewards else ""
-            raise ValueError(
-                f"{name}:{lines[i]}: the {label} is not a finite number: the rewards are too large to "
-                f"normalise{biggest}; rescale them"
-            )
-    bad = np.flatnonzero(~np.isfinite(np.asarray(terms.step, dtype=np.float64)))
-    if len(bad):
-        raise ValueError(
-            f"{name}:{lines[int(bad[0])]}: the step_advantage is not a finite number; rescale the rewards"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from gcd_trl.advantages import AdvantageConfig, RecordError, compute_advantage_terms, records_to_batch
+    from gcd_trl.advantages import AdvantageConfig
+    from gcd_trl.advantages.score import read_records, score_records
     from gcd_trl.rollout.records import RecordFileError, write_jsonl_atomic
 
     name = "<stdin>" if args.input == "-" else args.input
@@ -192,24 +133,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--advantage_estimator is required (grpo, gigpo or rlvmr)")
         config = AdvantageConfig.from_args(args)  # the same field names as the run config
         if args.input == "-":
-            records, lines = _read_records(sys.stdin, name)
+            records, lines = read_records(sys.stdin, name)
         else:
             with open(args.input, encoding="utf-8") as f:
-                records, lines = _read_records(f, name)
-        try:
-            batch = records_to_batch(records, config=config)
-            _check_magnitudes(batch, lines, name)
-            with np.errstate(all="ignore"):
-                terms = compute_advantage_terms(batch, config)
-        except RecordError as err:
-            raise ValueError(f"{name}:{lines[err.index]}: {err.problem}") from None
-        except OverflowError as err:
-            raise ValueError(f"{name}: a number is too large ({err})") from None
-        _check_finite(terms, records, lines, name)
-        for record, total, ep, step in zip(
-            records, terms.total.tolist(), terms.episode.tolist(), terms.step.tolist()
-        ):
-            record.update(advantage=total, episode_advantage=ep, step_advantage=step)
+                records, lines = read_records(f, name)
+        score_records(records, lines, name, config)
         if args.output == "-":
             text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
             sys.stdout.write(text)

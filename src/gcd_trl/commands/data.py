@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ENVS = ("alfworld", "scienceworld")
+from gcd_trl.envs.base import ENV_NAMES
+from gcd_trl.envs.splits import LEVELS
+
 PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish", "absent")
 
 
@@ -33,6 +35,7 @@ class ArgError(ValueError):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from gcd_trl.commands._common import add_alias
+    from gcd_trl.rollout.expert import expert_budgets
 
     p = sub.add_parser("data", help="Build agent and judge SFT datasets.")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATASET")
@@ -43,11 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Play the expert (and a perturbed policy labelled by the expert) and write one chat "
         "conversation per step, prompts rendered exactly as RL renders them.",
     )
-    a.add_argument("--environment", choices=ENVS, default=None, help="alfworld (default) or scienceworld.")
-    add_alias(a, "--env", dest="environment", choices=ENVS)
+    a.add_argument(
+        "--environment", choices=ENV_NAMES, default=None, help="alfworld (default) or scienceworld."
+    )
+    add_alias(a, "--env", dest="environment", choices=ENV_NAMES)
     src = a.add_mutually_exclusive_group()
     src.add_argument("--games", help="ALFWorld: a directory of games (searched recursively).")
-    src.add_argument("--split", choices=("L0", "L1", "L2"), help="A benchmark split level.")
+    src.add_argument("--split", choices=LEVELS, help="A benchmark split level.")
     a.add_argument("--part", choices=("train", "test"), default="train", help="Part of --split.")
     a.add_argument("--data_dir", default=None, help="ALFWorld --split: the folder holding json_2.1.1.")
     add_alias(a, "--data-dir", dest="data_dir")
@@ -100,9 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_alias(a, "--policy-episodes", dest="policy_episodes", nargs="+")
     a.add_argument("--max_perturbations", type=int, default=4, help="Mistakes per recovery episode, at most.")
     add_alias(a, "--max-perturbations", dest="max_perturbations", type=int)
-    a.add_argument(
-        "--expert_max_steps", type=int, default=None, help="Default 50 alfworld, 100 scienceworld."
-    )
+    a.add_argument("--expert_max_steps", type=int, default=None, help=f"Default: {expert_budgets()}.")
     add_alias(a, "--expert-max-steps", dest="expert_max_steps", type=int)
     a.add_argument("--keep_failed", action="store_true", help="Keep expert episodes the expert lost.")
     add_alias(a, "--keep-failed", dest="keep_failed", action="store_true")
@@ -200,7 +203,9 @@ def _endpoint(args: argparse.Namespace, needed: bool, votes: int = 1):
 
 def env_arguments(args: argparse.Namespace):
     """The RL prompt settings: an RL config's env section, with the options given here on top."""
-    from gcd_trl.config import ConfigError, EnvArguments, parse_rl_config
+    from gcd_trl.config import ConfigError
+    from gcd_trl.rollout.settings import EnvArguments
+    from gcd_trl.trainers.grpo_config import parse_rl_config
 
     values: dict[str, Any] = {}
     if args.rl_config:
@@ -230,11 +235,9 @@ def env_arguments(args: argparse.Namespace):
     ):
         values.pop(key, None)  # which tasks is this command's business
     try:
-        env = EnvArguments(**values)
+        return EnvArguments(**values).resolved()  # meta_reasoning: as given (or the RL config's), else off
     except ConfigError as err:
         raise ArgError(str(err)) from None
-    env.meta_reasoning = bool(env.meta_reasoning)
-    return env
 
 
 def _check_agent_args(args: argparse.Namespace) -> None:
@@ -270,15 +273,14 @@ def run_agent(args: argparse.Namespace) -> int:
         env_args = env_arguments(args)
         args.environment = env_args.environment
         _check_agent_args(args)
-        from gcd_trl.commands.env import select_tasks
+        from gcd_trl.commands._common import selected_tasks
+        from gcd_trl.config import ConfigError
         from gcd_trl.data.agent import AgentSFTConfig
-        from gcd_trl.prompts import TemplateError, default_agent_template, load_template
 
-        name = env_args.prompt_template or default_agent_template(args.environment, env_args.meta_reasoning)
         try:
-            load_template(name, "agent")
-        except TemplateError as err:
-            raise ArgError(f"--prompt_template: {err}") from None
+            env_args.load_template()
+        except ConfigError as err:
+            raise ArgError(f"--{err}") from None
         cfg = AgentSFTConfig(
             think=args.think,
             recovery_episodes=args.recovery_episodes,
@@ -292,7 +294,7 @@ def run_agent(args: argparse.Namespace) -> int:
             seed=args.seed,
             workers=args.workers,
         )
-        tasks = select_tasks(args)
+        tasks = selected_tasks(args)
         if args.policy_episodes:
             from gcd_trl.data.agent import read_policy_episodes
 
@@ -304,24 +306,27 @@ def run_agent(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:  # ArgError, ConfigError, a split/data problem
         return _error(err)
     from gcd_trl.data.agent import build_agent_sft
-    from gcd_trl.data.io import add_size_stats, save_rows, save_steps, save_summary
+    from gcd_trl.data.io import write_dataset
 
     try:
         result = build_agent_sft(tasks, env_args, cfg, endpoint=endpoint, progress=not args.quiet)
     finally:
         if endpoint is not None:
             endpoint.close()
-    summary = result.summary
     if not result.rows:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(result.summary, indent=1))
         return _error(ValueError("no rows were built (see faults in the summary)"))
-    path = save_rows(result.rows, out, args.format)
-    steps = save_steps(result.steps, out)
-    add_size_stats(summary, result.rows, tokenizer)
-    summary.update(tasks=len(tasks), output=str(path), steps_file=str(steps))
-    if endpoint is not None:
-        summary["endpoint"] = endpoint.stats()
-    save_summary(summary, out)
+    extra = {"endpoint": endpoint.stats()} if endpoint is not None else {}
+    summary = write_dataset(
+        out,
+        result.rows,
+        result.summary,
+        fmt=args.format,
+        tokenizer=tokenizer,
+        steps=result.steps,
+        tasks=len(tasks),
+        **extra,
+    )
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -365,7 +370,7 @@ def run_judge(args: argparse.Namespace) -> int:
         endpoint = _endpoint(args, args.critique == "endpoint", votes=args.endpoint_votes)
     except ValueError as err:  # ArgError, a bad JudgeSFTConfig value
         return _error(err)
-    from gcd_trl.data.io import add_size_stats, save_rows, save_summary
+    from gcd_trl.data.io import write_dataset
     from gcd_trl.data.judge import build_judge_sft
 
     try:
@@ -373,13 +378,9 @@ def run_judge(args: argparse.Namespace) -> int:
     finally:
         if endpoint is not None:
             endpoint.close()
-    summary = result.summary
     if not result.rows:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(result.summary, indent=1))
         return _error(ValueError("no labelled steps: nothing to write"))
-    path = save_rows(result.rows, out, args.format)
-    add_size_stats(summary, result.rows, tokenizer)
-    summary.update(output=str(path))
-    save_summary(summary, out)
+    summary = write_dataset(out, result.rows, result.summary, fmt=args.format, tokenizer=tokenizer)
     print(json.dumps(summary, indent=1))
     return 0

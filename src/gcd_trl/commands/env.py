@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from gcd_trl.commands._common import add_alias
+from gcd_trl.envs.base import ENV_NAMES
+from gcd_trl.envs.splits import LEVELS
 
-LEVELS = ("L0", "L1", "L2")
 JVM_HEAP = re.compile(r"^\d+[kmgKMG]$")  # as EnvArguments checks jvm_heap
 
 
@@ -35,6 +34,8 @@ class ArgError(ValueError):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from gcd_trl.rollout.expert import expert_budgets
+
     p = sub.add_parser("env", help="Generate ALFWorld games, write expert data, replay the expert.")
     esub = p.add_subparsers(dest="env_command", required=True, metavar="ACTION")
 
@@ -90,10 +91,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q = esub.add_parser(
             name, help=helptext, description=helptext, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
-        q.add_argument(
-            "--environment", choices=("alfworld", "scienceworld"), help="The environment. Required."
-        )
-        add_alias(q, "--env", dest="environment", choices=("alfworld", "scienceworld"))
+        q.add_argument("--environment", choices=ENV_NAMES, help="The environment. Required.")
+        add_alias(q, "--env", dest="environment", choices=ENV_NAMES)
         src = q.add_mutually_exclusive_group()
         src.add_argument("--games", help="ALFWorld: a directory of games (searched recursively).")
         src.add_argument("--split", choices=LEVELS, help="A benchmark split level.")
@@ -129,8 +128,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--max_episode_steps",
             type=int,
             default=None,
-            help="Env steps per episode; None: 50 alfworld, 100 scienceworld (expert paths run longer "
-            "than the RL limit).",
+            help=f"Env steps per episode; None: {expert_budgets()} (expert paths run longer than the RL "
+            "limit).",
         )
         add_alias(q, "--max-steps", dest="max_episode_steps", type=int)
         q.add_argument("--history_length", type=int, default=2, help="History pairs shown in the prompt.")
@@ -256,197 +255,54 @@ def _check_common(args: argparse.Namespace) -> None:
             raise ArgError(f"--data_dir {args.data_dir}: no such directory")
 
 
-def _template(args: argparse.Namespace) -> str:
-    from gcd_trl.prompts import TemplateError, default_agent_template, load_template
+def _env_arguments(args: argparse.Namespace):
+    """The run config's view of these flags (the env spec and the prompt template come from it)."""
+    from gcd_trl.rollout.settings import EnvArguments
 
-    try:
-        return load_template(
-            args.prompt_template or default_agent_template(args.environment, args.meta_reasoning)
-        )
-    except TemplateError as err:
-        raise ArgError(f"--prompt_template: {err}") from None
-
-
-def _type_key(task: Any) -> Any:
-    return task.task_type if task.env == "alfworld" else task.task_name
-
-
-def round_robin(tasks: list, limit: int | None) -> list:
-    """Up to `limit` tasks taken in turn from each type, keeping split order within a type."""
-    if limit is None or limit >= len(tasks):
-        return tasks
-    queues: dict[Any, list] = {}
-    for t in tasks:
-        queues.setdefault(_type_key(t), []).append(t)
-    picked: list = []
-    while len(picked) < limit:
-        for q in queues.values():
-            if q and len(picked) < limit:
-                picked.append(q.pop(0))
-    return picked
-
-
-def select_tasks(args: argparse.Namespace) -> list:
-    """The tasks named by --games/--split/--part/--task_types/--scienceworld_tasks/--max_tasks (no env
-    is started)."""
-    from gcd_trl.envs.base import Task
-
-    if args.environment == "alfworld" and args.games:
-        from gcd_trl.envs.alfworld import list_games, task_type_of
-
-        games = list_games(args.games, task_types=args.task_types)
-        tasks = [
-            Task(env="alfworld", split=Path(args.games).name, game=g, task_type=task_type_of(g))
-            for g in games
-        ]
-        if not tasks:
-            raise ArgError(
-                f"--games {args.games}: no playable ALFWorld games found (game.tw-pddl + traj_data.json)"
-            )
-    else:
-        from gcd_trl.envs.splits import split_tasks
-
-        tasks = split_tasks(args.environment, args.split, args.part, args.data_dir)
-        if args.task_types:
-            tasks = [t for t in tasks if t.task_type in args.task_types]
-        if args.scienceworld_tasks:
-            known = {t.task_name for t in tasks}
-            unknown = [n for n in args.scienceworld_tasks if n not in known]
-            if unknown:
-                raise ArgError(
-                    f"--scienceworld_tasks: {unknown[0]!r} is not a task of {args.split} {args.part}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            tasks = [t for t in tasks if t.task_name in args.scienceworld_tasks]
-    if not tasks:
-        raise ArgError("no tasks match the given --split/--part/--task_types/--scienceworld_tasks options")
-    return round_robin(tasks, args.max_tasks)
-
-
-def _pddl_error(domain: str, problem: str) -> str | None:
-    """Parse a game's PDDL with the parser the engine uses (fast-downward's, through textworld), which
-    exits the process on an error: caught here, before any env starts. None when it parses."""
-    import contextlib
-    import io
-
-    saved = sys.argv
-    sys.argv = ["translate.py", "domain", "task"]  # fast-downward's options module parses sys.argv on import
-    try:
-        from fast_downward.translate.pddl_parser import lisp_parser, parsing_functions
-    except ImportError:
-        return None  # no parser to ask: the env will tell
-    finally:
-        sys.argv = saved
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # its warnings about repeated facts
-            parsing_functions.parse_task(
-                lisp_parser.parse_nested_list(domain.split("\n")),
-                lisp_parser.parse_nested_list(problem.split("\n")),
-            )
-    except (SystemExit, Exception) as err:
-        return f"{type(err).__name__ if not isinstance(err, SystemExit) else 'parse error'}: {err}"
-    return None
-
-
-def game_problem(game_dir: str) -> str | None:
-    """Why an ALFWorld game cannot be played (unreadable files, PDDL that does not parse), or None."""
-    path = os.path.join(game_dir, "game.tw-pddl")
-    try:
-        with open(path) as f:
-            game = json.load(f)
-    except (OSError, ValueError) as err:
-        return f"game.tw-pddl unreadable: {err}"
-    if not isinstance(game, dict):
-        return "game.tw-pddl is not a JSON object"
-    for key in ("pddl_domain", "pddl_problem", "grammar"):
-        if not isinstance(game.get(key), str) or not game[key].strip():
-            return f"game.tw-pddl: {key} is missing"
-    error = _pddl_error(game["pddl_domain"], game["pddl_problem"])
-    return f"game.tw-pddl: the PDDL does not parse ({error})" if error else None
-
-
-def task_id(task: Any, games_root: str | None) -> str:
-    """A short id of a task: the game path relative to --games, or the ScienceWorld task:variation."""
-    if task.env == "alfworld" and games_root:
-        try:
-            return os.path.relpath(task.game, games_root)
-        except ValueError:
-            pass
-    return task.key.split(":", 1)[1]
+    return EnvArguments(
+        environment=args.environment,
+        jvm_heap=args.jvm_heap,
+        simplifications=args.simplifications,
+        alfworld_expert=args.alfworld_expert,
+        prompt_template=args.prompt_template,
+        meta_reasoning=args.meta_reasoning,
+    )
 
 
 def _prepare(args: argparse.Namespace) -> tuple[list, str, Any, dict[str, str]]:
     """Tasks, template, env spec and the tasks found unplayable before any env starts (id -> reason)."""
-    from gcd_trl.envs.base import EnvSpec
+    from gcd_trl.commands._common import selected_tasks
+    from gcd_trl.config import ConfigError
+    from gcd_trl.envs.tasks import playable
 
     _check_common(args)
-    template = _template(args)
-    tasks = select_tasks(args)
-    bad: dict[str, str] = {}
-    if args.environment == "alfworld":
-        for t in tasks:
-            problem = game_problem(t.game)
-            if problem:
-                bad[task_id(t, args.games)] = problem
-        if len(bad) == len(tasks):
-            first = next(iter(bad.items()))
-            raise ArgError(f"none of the {len(tasks)} games can be played; e.g. {first[0]}: {first[1]}")
-        tasks = [t for t in tasks if task_id(t, args.games) not in bad]
-    spec = EnvSpec(
-        env=args.environment,
-        jvm_heap=args.jvm_heap,
-        simplifications=args.simplifications,
-        alfworld_expert=args.alfworld_expert,
-    )
-    return tasks, template, spec, bad
-
-
-def _play(args: argparse.Namespace, tasks: list, template: str, spec: Any, bad: dict[str, str], sink=None):
-    """Play the expert on every task with a progress bar (episodes done / total, success so far); returns
-    the summary (expert.summarize's, plus `failed`: every task that did not run cleanly, by id)."""
-    from tqdm.auto import tqdm
-
-    from gcd_trl.rollout.expert import ExpertEpisode, iter_expert, summarize
-
-    results: list = []
-    start = time.perf_counter()
-    wins = 0
-    bar = tqdm(total=len(tasks), desc=args.env_command, unit="ep", dynamic_ncols=True, file=sys.stderr)
-    remaining = list(tasks)
+    env = _env_arguments(args)
     try:
-        while remaining:
-            offset = len(results)
-            try:
-                for res in iter_expert(
-                    spec,
-                    remaining,
-                    template=template,
-                    max_steps=args.max_episode_steps,
-                    history_length=args.history_length,
-                    meta_reasoning=args.meta_reasoning,
-                ):
-                    for rec in res.records:
-                        rec["episode"] += offset  # numbered over the whole run, across restarts
-                    results.append(res)
-                    remaining.pop(0)
-                    wins += int(res.won)
-                    if sink is not None:
-                        sink(res)
-                    bar.update(1)
-                    bar.set_postfix(success=f"{wins}/{len(results)}", refresh=False)
-            except SystemExit as err:  # an engine that exits the process (fast-downward on bad PDDL)
-                task = remaining.pop(0)
-                results.append(ExpertEpisode(task, None, fault=f"error:engine exited: {err}"))
-                bar.update(1)
-    finally:
-        bar.close()
-    summary = summarize(results, time.perf_counter() - start)
-    failed = [{"task": t, "fault": f"not played: {why}"} for t, why in bad.items()]
-    failed += [{"task": task_id(r.task, args.games), "fault": r.fault} for r in results if r.fault]
-    summary["episodes_skipped"] = len(bad)
-    summary["failed"] = failed
-    clean = sum(1 for r in results if r.fault is None)
-    return summary, clean
+        template = env.load_template()
+        tasks = selected_tasks(args)
+    except ConfigError as err:
+        raise ArgError(f"--{err}") from None
+    except ValueError as err:
+        raise ArgError(str(err)) from None
+    tasks, bad = playable(tasks, args.games)
+    if not tasks:
+        first = next(iter(bad.items()))
+        raise ArgError(f"none of the {len(bad)} games can be played; e.g. {first[0]}: {first[1]}")
+    return tasks, template, env.spec(), bad
+
+
+def _expert_options(args: argparse.Namespace, template: str, bad: dict[str, str]) -> dict[str, Any]:
+    from gcd_trl.envs.tasks import task_id
+
+    return dict(
+        template=template,
+        max_steps=args.max_episode_steps,
+        history_length=args.history_length,
+        meta_reasoning=args.meta_reasoning,
+        progress=args.env_command,
+        name=lambda t: task_id(t, args.games),
+        skipped=bad,
+    )
 
 
 def run_expert(args: argparse.Namespace) -> int:
@@ -459,23 +315,12 @@ def run_expert(args: argparse.Namespace) -> int:
         tasks, template, spec, bad = _prepare(args)
     except (ValueError, FileNotFoundError) as err:  # ArgError, or a split/data problem named by envs
         return _error(err)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # complete episodes so far; renamed when done
-    written = 0
-    with partial.open("w", encoding="utf-8") as f:
+    from gcd_trl.rollout.expert import write_expert_jsonl
 
-        def sink(res) -> None:
-            nonlocal written
-            if args.only_won and not res.won:
-                return
-            for rec in res.records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                written += 1
-            f.flush()
-
-        summary, clean = _play(args, tasks, template, spec, bad, sink)
-    os.replace(partial, out)
-    summary.update(out=str(out), records=written)
+    summary = write_expert_jsonl(
+        spec, tasks, out, only_won=args.only_won, **_expert_options(args, template, bad)
+    )
+    clean = summary.pop("clean")
     print(json.dumps(summary, indent=1))
     return 0 if clean else 1
 
@@ -485,7 +330,9 @@ def run_replay(args: argparse.Namespace) -> int:
         tasks, template, spec, bad = _prepare(args)
     except (ValueError, FileNotFoundError) as err:  # ArgError, or a split/data problem named by envs
         return _error(err)
-    summary, clean = _play(args, tasks, template, spec, bad)
+    from gcd_trl.rollout.expert import run_expert as play
+
+    summary, clean = play(spec, tasks, **_expert_options(args, template, bad))
     print(json.dumps(summary, indent=1))
     if not clean:
         print("gcd-trl env: error: no episode ran cleanly (see `failed` in the summary)", file=sys.stderr)

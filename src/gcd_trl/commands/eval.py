@@ -14,7 +14,6 @@ message naming it. Rerunning the same command resumes an interrupted evaluation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -41,130 +40,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _eval_dataclasses() -> tuple:
-    from gcd_trl.eval.config import EVAL_DATACLASSES
-
-    return EVAL_DATACLASSES
-
-
-def _world() -> tuple[int, int]:
-    """This process's (rank, world size) under accelerate / torchrun (no process group is needed)."""
-    from gcd_trl.commands._common import process_rank, world_size
-
-    return process_rank(), world_size()
-
-
-def prepare(argv: list[str]):
-    """Parse and check everything that needs no model. Returns (eval_args, env_args, tasks, identity),
-    with env_args.suggestions holding the golden rules when a rules file is given."""
-    from gcd_trl.commands.rl import InputError, _check_model_path, build_tasks
-    from gcd_trl.config import ConfigError
-    from gcd_trl.eval.config import parse_eval_config
-    from gcd_trl.eval.runner import EvalError, check_output_dir, eval_identity, model_fingerprint
-    from gcd_trl.prompts import TemplateError, default_agent_template, load_template
-
-    try:
-        ev, env = parse_eval_config(argv)
-    except ConfigError as err:
-        raise InputError(str(err)) from err
-    try:
-        load_template(
-            env.prompt_template or default_agent_template(env.environment, bool(env.meta_reasoning)), "agent"
-        )
-    except TemplateError as err:
-        raise InputError(f"prompt_template: {err}") from err
-    if ev.golden_rules:
-        from gcd_trl.eval.runner import _golden_rules
-
-        try:
-            rules = _golden_rules(ev.golden_rules)
-        except (ValueError, OSError, KeyError, TypeError) as err:
-            raise InputError(f"golden_rules {ev.golden_rules}: {err}") from err
-        env = dataclasses.replace(env, suggestions=rules)
-    if ev.policy == "model":
-        _check_model_path(ev.model_name_or_path)
-    rank, world = _world()
-    if world > 1 and ev.policy == "model" and ev.backend == "vllm":
-        raise InputError(
-            "backend=vllm runs in one process: launch without accelerate and use vllm_tensor_parallel_size"
-        )
-    tasks = build_tasks(env)
-    extra: dict = {}
-    if ev.policy in ("model", "openai"):
-        extra.update(
-            model=ev.model_name_or_path,
-            max_new_tokens=ev.max_new_tokens,
-            temperature=ev.temperature,
-            top_p=ev.top_p,
-            top_k=ev.top_k,
-            seed=ev.seed,
-        )
-    if ev.policy == "model":
-        extra.update(backend=ev.backend, model_fingerprint=model_fingerprint(ev.model_name_or_path))
-    if ev.policy == "random":
-        extra["seed"] = ev.seed
-    identity = eval_identity(
-        env,
-        tasks,
-        policy=ev.policy,
-        num_samples=ev.num_samples,
-        meta_reasoning=env.meta_reasoning,
-        extra=extra,
-    )
-    try:
-        check_output_dir(ev.output_dir, identity)
-    except EvalError as err:
-        raise InputError(f"output_dir: {err}") from err
-    return ev, env, tasks, extra
-
-
-def evaluate_config(ev, env, tasks, extra) -> dict:
-    """Load the policy and evaluate (the part of `gcd-trl eval` after `prepare`)."""
-    from gcd_trl.eval.policies import build_policy
-    from gcd_trl.eval.runner import evaluate
-
-    rank, world = _world()
-    if ev.policy == "model" and ev.backend == "hf":
-        import torch
-
-        if not torch.cuda.is_available() or (ev.device or "").startswith("cpu"):
-            # the env workers need CPU too: oversubscribed torch threads made generation ~7x slower on 2 cores
-            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        elif world > 1 and ev.device is None:
-            ev = dataclasses.replace(ev, device=f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
-    policy = build_policy(ev, meta_reasoning=bool(env.meta_reasoning))
-    return evaluate(
-        policy,
-        tasks,
-        env,
-        ev.output_dir,
-        num_samples=ev.num_samples,
-        meta_reasoning=bool(env.meta_reasoning),
-        label=ev.row_label,
-        identity=extra,
-        progress=ev.progress and rank == 0,
-        shard=(rank, world),
-    )
-
-
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from gcd_trl.commands._common import print_once, trl_prelude
-    from gcd_trl.commands.rl import InputError
+    from gcd_trl.commands._common import lazy, trl_prelude
+    from gcd_trl.dist import print_once
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if rest and rest[0] == "report":
         return run_report(rest[1:] + (["-h"] if args.help else []))
-    argv = trl_prelude(args, rest, "eval", _eval_dataclasses, DESCRIPTION)
+    argv = trl_prelude(args, rest, "eval", lazy("gcd_trl.eval.config", "EVAL_DATACLASSES"), DESCRIPTION)
     if isinstance(argv, int):  # -h, or the launched processes' exit code
         return argv
+    from gcd_trl.config import ConfigError
+    from gcd_trl.eval.setup import prepare
+    from gcd_trl.eval.setup import run as evaluate
+
     try:
         parts = prepare(argv)
-    except InputError as err:
+    except ConfigError as err:
         print_once(f"gcd-trl eval: {err}")  # every rank finds the same problem: say it once
         return 2
     ev = parts[0]
     try:
-        report = evaluate_config(*parts)
+        report = evaluate(*parts)
     except KeyboardInterrupt:
         print_once(
             f"\ngcd-trl eval: interrupted; finished episodes are in {ev.output_dir}: rerun the same command "

@@ -160,12 +160,14 @@ _FLAG_TO_FIELD = {
 def judge_settings(args: argparse.Namespace):
     """GCDArguments from the config file's GCD keys, then the command-line flags (gcd itself is ignored:
     labelling does not train)."""
-    from gcd_trl.config import GCDArguments, check_yaml
+    from gcd_trl.config import check_yaml
+    from gcd_trl.gcd.args import GCDArguments
+    from gcd_trl.trainers.grpo_config import RL_DATACLASSES
 
     fields = {f.name for f in dataclasses.fields(GCDArguments)} - {"gcd"}
     values = {}
     if args.config:
-        values = {k: v for k, v in check_yaml(args.config).items() if k in fields}
+        values = {k: v for k, v in check_yaml(args.config, RL_DATACLASSES).items() if k in fields}
     for flag, name in _FLAG_TO_FIELD.items():
         if getattr(args, flag) is not None:
             values[name] = getattr(args, flag)
@@ -178,8 +180,6 @@ def run_label(args: argparse.Namespace) -> int:
     import logging
 
     from gcd_trl.config import ConfigError
-    from gcd_trl.gcd.external import ExternalJudge
-    from gcd_trl.gcd.labels import label_counts, label_records
     from gcd_trl.prompts import TemplateError, load_template
     from gcd_trl.rollout.records import RecordFileError, read_steps, write_jsonl_atomic
 
@@ -194,33 +194,12 @@ def run_label(args: argparse.Namespace) -> int:
         print(f"judge label: {err}", file=sys.stderr)
         return 2
 
-    mode = settings.judge_labels
-    results: dict = {}
-    stats = {"requests": 0, "cache_hits": 0, "failures": {}}
-    if settings.judge_model and mode in ("external", "both"):
-        cache = settings.judge_cache_dir or default_cache_dir()
-        judge = ExternalJudge.from_args(settings, cache_dir=cache, template=template)
-        try:
-            results = judge.judge_records(records)
-        finally:
-            judge.close()
-        stats = judge.stats()
-    elif mode == "both":
-        mode = "rules"
-    labelled = label_records(records, results, mode=mode)
+    from gcd_trl.gcd.external import label_with_judge
+
+    labelled, summary = label_with_judge(
+        records, settings, template, settings.judge_cache_dir or default_cache_dir()
+    )
     write_jsonl_atomic(args.output, labelled)
-    counts = label_counts(labelled)
-    summary = {
-        "steps": counts["steps"],
-        "good": counts["good"],
-        "bad": counts["bad"],
-        "unlabelled": counts["unlabelled"],
-        "requests": stats["requests"],
-        "cache_hits": stats["cache_hits"],
-        "failures": stats["failures"],
-        "labelled_by": {"rule": counts["rule"], "external": counts["external"]},
-        "fallbacks": sum(bool(r.get("failed")) for r in results.values()),
-        "output": str(args.output),
-    }
+    summary["output"] = str(args.output)
     print(json.dumps(summary))
     return 0

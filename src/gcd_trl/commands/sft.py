@@ -1,7 +1,7 @@
 """`gcd-trl sft [--config FILE] [--key value ...]`: the cold start, TRL's SFTTrainer on agent/judge data.
 
 `gcd-trl sft -h` lists every field (TRL's SFTConfig and ModelConfig, and the data mixture of
-gcd_trl/sft.py) with its help and default, as `trl sft -h` does. Launching:
+gcd_trl/trainers/sft.py) with its help and default, as `trl sft -h` does. Launching:
 `gcd-trl sft --config FILE --accelerate_config zero2 --num_processes 8` relaunches through accelerate
 (or: `accelerate launch --config_file configs/accelerate/X.yaml -m gcd_trl sft --config FILE`).
 The config, report_to packages, model path and datasets are checked before the model loads; a JSON
@@ -12,52 +12,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-from gcd_trl.commands._common import (
-    add_trl_command,
-    check_report_to,
-    is_main_process,
-    print_once,
-    trl_prelude,
-)
-
-DESCRIPTION = (
-    "Supervised cold start with TRL's SFTTrainer on chat datasets mixed by weight. Every field below can "
-    "be set in the --config YAML file or as --key value (the command line wins)."
-)
+from gcd_trl.commands._common import add_trl_command, lazy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_trl_command(
+    add_trl_command(
         sub,
         "sft",
         help="Supervised cold start on agent (and judge) data with TRL's SFTTrainer.",
-        description=DESCRIPTION,
+        description="Supervised cold start with TRL's SFTTrainer on chat datasets mixed by weight. Every field "
+        "below can be set in the --config YAML file or as --key value (the command line wins).",
         config_help="SFT config (YAML), e.g. configs/sft/tiny_alfworld.yaml.",
+        dataclasses=lazy("gcd_trl.trainers.sft", "SFT_DATACLASSES"),
+        main=main,
     )
-    p.set_defaults(func=run)
 
 
-def sft_dataclasses() -> tuple:
-    from gcd_trl.sft import SFT_DATACLASSES
-
-    return SFT_DATACLASSES
-
-
-def run(args: argparse.Namespace, rest: list[str]) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = trl_prelude(args, rest, "sft", sft_dataclasses, DESCRIPTION)
-    if isinstance(argv, int):  # -h, or the launched processes' exit code
-        return argv
-    from gcd_trl.commands._common import CommandError
-    from gcd_trl.sft import SFTInputError, parse_sft_config, run_sft
+def main(argv: list[str]) -> int:
+    from gcd_trl.dist import is_main_process, print_once
+    from gcd_trl.trainers.sft import SFTInputError, parse_sft_config, run_sft
 
     try:
-        train, data, model = parse_sft_config(argv)
-        check_report_to(train.report_to)
-        summary = run_sft(train, data, model)
-    except (SFTInputError, CommandError) as err:
+        summary = run_sft(*parse_sft_config(argv))
+    except SFTInputError as err:
         print_once(f"gcd-trl sft: {err}")  # every rank finds the same problem: say it once
         return 2
     if is_main_process():

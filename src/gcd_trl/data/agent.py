@@ -46,17 +46,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gcd_trl.envs.alfworld import type_names
-from gcd_trl.envs.base import EnvSpec, Task, TextEnv, make_env
-from gcd_trl.prompts import default_agent_template, load_template
+from gcd_trl.envs.base import EnvSpec, Task, TextEnv
+from gcd_trl.envs.registry import make_env
+from gcd_trl.prompts import load_template
 from gcd_trl.rollout.collector import resolve_history
 from gcd_trl.rollout.episode import UNKNOWN_COMMAND, Episode
+from gcd_trl.rollout.expert import EXPERT_MAX_STEPS
 
 from .rationale import THINK_STYLES, Rationales
 
 PERTURBATIONS = ("irrelevant", "repeat", "invalid", "premature_finish", "absent")
 # perturbations after which the ScienceWorld gold path still holds (the env is not stepped)
 ENV_STEPPING_FREE = ("invalid",)
-EXPERT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}
 _NO_OP = ("look", "inventory")
 _SKIP_RANDOM = ("help",)  # ALFWorld's help prints the command list: never a plausible agent action
 
@@ -416,14 +417,9 @@ def build_agent_sft(
     if len(envs) != 1 or envs != {env_args.environment}:
         raise ValueError(f"tasks are for {sorted(envs)} but env_args.environment is {env_args.environment!r}")
     meta = bool(env_args.meta_reasoning)
-    name = env_args.prompt_template or default_agent_template(env_args.environment, meta)
+    name = env_args.template_name(meta)
     ctx = _Context(env_args, cfg, name, load_template(name, "agent"), meta, endpoint)
-    spec = EnvSpec(
-        env=env_args.environment,
-        jvm_heap=env_args.jvm_heap,
-        simplifications=env_args.simplifications,
-        alfworld_expert=env_args.alfworld_expert,
-    )
+    spec = env_args.spec()
     start = time.perf_counter()
     bar = tqdm(total=len(tasks), desc="agent-sft", unit="task", disable=not progress, dynamic_ncols=True)
     results: list[_TaskResult] = []

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gcd_trl import files
+
 FORMATS = ("jsonl", "parquet")
 STEPS_FILE = Path("steps") / "steps.jsonl"
 
@@ -29,14 +31,13 @@ def save_rows(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, fmt: s
         raise ValueError(f"no rows to write to {out_dir}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"train.{fmt}"
-    tmp = out / f".train.{fmt}.tmp"
     ds = Dataset.from_list(list(rows))
     if fmt == "jsonl":
-        ds.to_json(str(tmp), lines=True, force_ascii=False)
+        path = files.write_atomic(
+            out / "train.jsonl", lambda tmp: ds.to_json(str(tmp), lines=True, force_ascii=False)
+        )
     else:
-        ds.to_parquet(str(tmp))
-    os.replace(tmp, path)
+        path = files.write_atomic(out / "train.parquet", lambda tmp: ds.to_parquet(str(tmp)))
     for other in FORMATS:  # a previous build in the other format would be read along with this one
         if other != fmt:
             (out / f"train.{other}").unlink(missing_ok=True)
@@ -51,12 +52,7 @@ def save_steps(steps: Iterable[dict[str, Any]], out_dir: str | os.PathLike) -> P
 
 
 def save_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> Path:
-    path = Path(out_dir) / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return files.write_text_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -118,3 +114,24 @@ def add_size_stats(summary: dict[str, Any], rows: Sequence[dict[str, Any]], toke
         summary.update(token_stats(rows, tokenizer), tokenizer=str(getattr(tokenizer, "name_or_path", "")))
     else:
         summary.update(word_stats(rows))
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    *,
+    fmt: str = "jsonl",
+    tokenizer=None,
+    steps: Iterable[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A builder's output folder: the rows (`save_rows`), its step records when given (`save_steps`), and
+    `summary.json` (the builder's summary, size stats, `extra`, where the files are). Returns the summary."""
+    path = save_rows(rows, out_dir, fmt)
+    add_size_stats(summary, rows, tokenizer)
+    summary.update(extra, output=str(path))
+    if steps is not None:
+        summary["steps_file"] = str(save_steps(steps, out_dir))
+    save_summary(summary, out_dir)
+    return summary

@@ -515,3 +515,46 @@ def _memoize_grammar_parsing() -> None:
         return copy.deepcopy(parsed(text, rule_name, False))
 
     textgen._parse_and_convert = parse_and_convert
+
+
+# ---- checks of a game's files, before any env starts ------------------------------------------------------
+def pddl_error(domain: str, problem: str) -> str | None:
+    """Parse a game's PDDL with the parser the engine uses (fast-downward's, through textworld), which
+    exits the process on an error: caught here, before any env starts. None when it parses."""
+    import contextlib
+    import io
+
+    saved = sys.argv
+    sys.argv = ["translate.py", "domain", "task"]  # fast-downward's options module parses sys.argv on import
+    try:
+        from fast_downward.translate.pddl_parser import lisp_parser, parsing_functions
+    except ImportError:
+        return None  # no parser to ask: the env will tell
+    finally:
+        sys.argv = saved
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its warnings about repeated facts
+            parsing_functions.parse_task(
+                lisp_parser.parse_nested_list(domain.split("\n")),
+                lisp_parser.parse_nested_list(problem.split("\n")),
+            )
+    except (SystemExit, Exception) as err:
+        return f"{type(err).__name__ if not isinstance(err, SystemExit) else 'parse error'}: {err}"
+    return None
+
+
+def game_problem(game_dir: str) -> str | None:
+    """Why an ALFWorld game cannot be played (unreadable files, PDDL that does not parse), or None."""
+    path = os.path.join(game_dir, GAME_FILE)
+    try:
+        with open(path) as f:
+            game = json.load(f)
+    except (OSError, ValueError) as err:
+        return f"game.tw-pddl unreadable: {err}"
+    if not isinstance(game, dict):
+        return "game.tw-pddl is not a JSON object"
+    for key in ("pddl_domain", "pddl_problem", "grammar"):
+        if not isinstance(game.get(key), str) or not game[key].strip():
+            return f"game.tw-pddl: {key} is missing"
+    error = pddl_error(game["pddl_domain"], game["pddl_problem"])
+    return f"game.tw-pddl: the PDDL does not parse ({error})" if error else None

@@ -99,16 +99,3 @@ class EnvSpec:
     def __post_init__(self) -> None:
         if self.env not in ENV_NAMES:
             raise ValueError(f"EnvSpec.env must be one of {ENV_NAMES}, got {self.env!r}")
-
-
-def make_env(spec: EnvSpec) -> TextEnv:
-    """Build the env named by `spec` (imports the engine lazily)."""
-    if spec.env == "alfworld":
-        from gcd_trl.envs.alfworld import AlfWorldEnv
-
-        return AlfWorldEnv(expert=spec.alfworld_expert)
-    from gcd_trl.envs.scienceworld import ScienceWorldEnv
-
-    return ScienceWorldEnv(
-        jvm_heap=spec.jvm_heap, simplifications=spec.simplifications, gold_cache_dir=spec.gold_cache_dir
-    )

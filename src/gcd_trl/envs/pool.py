@@ -18,7 +18,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv, make_env
+from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv
+from gcd_trl.envs.registry import make_env
 
 STAT_KEYS = ("steps", "resets", "aborted", "restarts", "timeouts", "errors", "crashes")
 

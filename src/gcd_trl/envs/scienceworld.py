@@ -44,6 +44,7 @@ from py4j.java_gateway import GatewayParameters, JavaGateway, launch_gateway
 from py4j.protocol import Py4JError
 from scienceworld.constants import BASEPATH, JAR_PATH
 
+from gcd_trl import files
 from gcd_trl.envs.base import StepResult, Task, TextEnv
 
 VARIATION_SETS = ("train", "dev", "test")
@@ -386,10 +387,7 @@ def _write_gold_file(path: Path, key: tuple[str, int, str], actions: Sequence[st
         "simplifications": simplifications,
         "actions": list(actions),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+    files.write_text_atomic(path, json.dumps(record))  # concurrent workers never read half a file
 
 
 def _read_gold_file(path: Path) -> tuple[str, ...]:

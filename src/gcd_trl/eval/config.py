@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gcd_trl.config import ConfigError, EnvArguments, _at_least, _choice, check_yaml
+from gcd_trl.config import ConfigError, check_at_least, check_choice, parse_dataclasses
+from gcd_trl.rollout.settings import EnvArguments
 
 POLICIES = ("model", "openai", "expert", "random")
 BACKENDS = ("hf", "vllm")
@@ -74,18 +75,18 @@ class EvalArguments:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self) -> None:
-        _choice("policy", self.policy, POLICIES)
-        _choice("backend", self.backend, BACKENDS)
-        _at_least("num_samples", self.num_samples, 1)
-        _at_least("max_new_tokens", self.max_new_tokens, 1)
-        _at_least("temperature", self.temperature, 0.0)
-        _at_least("top_k", self.top_k, 0)
-        _at_least("seed", self.seed, 0)
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
-        _at_least("concurrency", self.concurrency, 1)
-        _at_least("request_timeout", self.request_timeout, 0.001)
-        _at_least("max_retries", self.max_retries, 0)
+        check_choice("policy", self.policy, POLICIES)
+        check_choice("backend", self.backend, BACKENDS)
+        check_at_least("num_samples", self.num_samples, 1)
+        check_at_least("max_new_tokens", self.max_new_tokens, 1)
+        check_at_least("temperature", self.temperature, 0.0)
+        check_at_least("top_k", self.top_k, 0)
+        check_at_least("seed", self.seed, 0)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size, 1)
+        check_at_least("concurrency", self.concurrency, 1)
+        check_at_least("request_timeout", self.request_timeout, 0.001)
+        check_at_least("max_retries", self.max_retries, 0)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p={self.top_p!r} must lie in (0, 1]")
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
@@ -111,26 +112,8 @@ EVAL_DATACLASSES = (EvalArguments, EnvArguments)
 def parse_eval_config(argv: list[str]) -> tuple[EvalArguments, EnvArguments]:
     """Parse `--config FILE` plus `--key value` overrides into (EvalArguments, EnvArguments) and check the
     rules that span keys. Nothing is loaded."""
-    from trl import TrlParser
-
-    argv = list(argv)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ConfigError("--config needs a file path")
-        check_yaml(argv[i + 1], EVAL_DATACLASSES)
-    parser = TrlParser(EVAL_DATACLASSES)
-    parser.set_defaults(part="test")  # an evaluation plays the held-out part unless told otherwise
-    try:
-        ev, env = parser.parse_args_and_config(argv)
-    except ConfigError:
-        raise
-    except SystemExit as err:  # argparse already printed which argument is wrong
-        raise ConfigError(
-            f"invalid command-line or config value (see the message above): exit {err.code}"
-        ) from err
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    ev, env = parse_dataclasses(argv, EVAL_DATACLASSES, {"part": "test"})  # the held-out part, unless told
+    env = env.resolved()  # meta_reasoning: as given, else off
     check_eval_combination(ev, env)
     return ev, env
 
@@ -140,8 +123,6 @@ def check_eval_combination(ev: EvalArguments, env: EnvArguments) -> None:
     key variable, vLLM's presence)."""
     if not ev.output_dir:
         raise ConfigError("output_dir is not set (the eval directory for episodes.jsonl and the report)")
-    if env.meta_reasoning is None:
-        env.meta_reasoning = False
     if ev.policy in ("model", "openai") and not ev.model_name_or_path:
         raise ConfigError(f"policy={ev.policy} needs model_name_or_path")
     if ev.policy == "openai" and not ev.base_url and not os.environ.get(ev.api_key_env):

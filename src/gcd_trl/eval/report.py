@@ -15,10 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gcd_trl.envs.base import ENV_NAMES
+from gcd_trl.envs.splits import LEVELS
+
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-LEVELS = ("L0", "L1", "L2")
-ENVIRONMENTS = ("alfworld", "scienceworld")
 ENV_TITLES = {"alfworld": "ALFWorld", "scienceworld": "ScienceWorld"}
 
 
@@ -26,21 +27,43 @@ class ReportError(ValueError):
     """An eval directory or a paper-numbers file that cannot be read: names the file and the problem."""
 
 
-def _rates(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    n = len(episodes)
-    steps = sum(int(e["steps"]) for e in episodes)
-    won = sum(bool(e["won"]) for e in episodes)
+COUNT_KEYS = ("episodes", "success", "steps", "steps_won", "invalid", "inadmissible", "repeated")
+
+
+def episode_counts(episodes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The sums the rates are made of (summable over processes and shards): episodes, wins, steps, steps
+    of won episodes, invalid, inadmissible and repeated steps."""
+    return {
+        "episodes": len(episodes),
+        "success": sum(bool(e["won"]) for e in episodes),
+        "steps": sum(int(e["steps"]) for e in episodes),
+        "steps_won": sum(int(e["steps"]) for e in episodes if e["won"]),
+        "invalid": sum(int(e["invalid"]) for e in episodes),
+        # well-formed actions off the admissible list (sent to the env with inadmissible_action=env)
+        "inadmissible": sum(int(e.get("inadmissible", 0)) for e in episodes),
+        "repeated": sum(int(e["repeated"]) for e in episodes),
+    }
+
+
+def episode_rates(counts: Mapping[str, float]) -> dict[str, Any]:
+    """The rates of an evaluation from `episode_counts` (or their sum over processes): success over
+    episodes, invalid / inadmissible / repeated over steps. `gcd-trl eval` and the trainer's evaluation
+    report these same numbers."""
+    n, won, steps = counts["episodes"], counts["success"], counts["steps"]
     return {
         "episodes": n,
         "success": won,
         "success_rate": won / n if n else 0.0,
         "mean_steps": steps / n if n else 0.0,
-        "mean_steps_won": (sum(int(e["steps"]) for e in episodes if e["won"]) / won) if won else None,
-        "invalid_rate": sum(int(e["invalid"]) for e in episodes) / steps if steps else 0.0,
-        # well-formed actions off the admissible list (sent to the env with inadmissible_action=env)
-        "inadmissible_rate": sum(int(e.get("inadmissible", 0)) for e in episodes) / steps if steps else 0.0,
-        "repeated_rate": sum(int(e["repeated"]) for e in episodes) / steps if steps else 0.0,
+        "mean_steps_won": counts["steps_won"] / won if won else None,
+        "invalid_rate": counts["invalid"] / steps if steps else 0.0,
+        "inadmissible_rate": counts["inadmissible"] / steps if steps else 0.0,
+        "repeated_rate": counts["repeated"] / steps if steps else 0.0,
     }
+
+
+def _rates(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return episode_rates(episode_counts(episodes))
 
 
 def summarize(episodes: Sequence[Mapping[str, Any]], *, expected: int | None = None, **meta: Any) -> dict:
@@ -76,7 +99,7 @@ def _num(x: float | None, digits: int = 1) -> str:
 
 
 def table1(
-    rows: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], envs: Sequence[str] = ENVIRONMENTS
+    rows: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], envs: Sequence[str] = ENV_NAMES
 ) -> str:
     """A Markdown table in Table 1's layout. `rows`: (label, {env: {level: success rate in [0, 1]}}).
 
@@ -176,14 +199,14 @@ def read_paper(path: str | os.PathLike) -> list[tuple[str, dict[str, dict[str, f
         if not isinstance(row, dict) or not isinstance(row.get("label"), str):
             raise ReportError(f"{path}: rows[{i}] needs a string 'label'")
         cells: dict[str, dict[str, float]] = {}
-        for env in ENVIRONMENTS:
+        for env in ENV_NAMES:
             for lv, v in (row.get(env) or {}).items():
                 if lv not in LEVELS or not isinstance(v, int | float):
                     raise ReportError(
                         f"{path}: rows[{i}].{env}.{lv}: expected L0/L1/L2 with a number (percent)"
                     )
                 cells.setdefault(env, {})[lv] = float(v) / 100
-        unknown = set(row) - {"label", *ENVIRONMENTS}
+        unknown = set(row) - {"label", *ENV_NAMES}
         if unknown:
             raise ReportError(f"{path}: rows[{i}]: unknown key {sorted(unknown)[0]!r}")
         out.append((row["label"], cells))
@@ -209,8 +232,8 @@ def merge_reports(eval_dirs: Iterable[str | os.PathLike], paper: str | os.PathLi
         runs.append({"dir": str(d), **{k: v for k, v in r.items() if k != "by_type"}})
     table_rows = list(rows.items())
     paper_rows = read_paper(paper) if paper else []
-    envs = [e for e in ENVIRONMENTS if any(e in cells for _, cells in table_rows + paper_rows)]
-    md = [table1(paper_rows + table_rows, envs=envs or ENVIRONMENTS), ""]
+    envs = [e for e in ENV_NAMES if any(e in cells for _, cells in table_rows + paper_rows)]
+    md = [table1(paper_rows + table_rows, envs=envs or ENV_NAMES), ""]
     if paper_rows:
         md += [f"Rows from {Path(paper).name}: published numbers; the others measured here.", ""]
     md += [

@@ -31,11 +31,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gcd_trl.envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
-from gcd_trl.envs.base import EnvSpec, Task
+from gcd_trl import files
+from gcd_trl.envs.base import Task
+from gcd_trl.envs.tasks import task_type_name
 from gcd_trl.eval.policies import Policy, as_policy
-from gcd_trl.eval.report import REPORT_JSON, REPORT_MD, report_markdown, summarize
-from gcd_trl.prompts import default_agent_template, format_suggestions, load_template
+from gcd_trl.eval.report import REPORT_JSON, REPORT_MD, episode_counts, report_markdown, summarize
+from gcd_trl.prompts import format_suggestions, load_template
 from gcd_trl.rollout.collector import RolloutCollector
 from gcd_trl.rollout.episode import Episode
 
@@ -49,13 +50,6 @@ class EvalError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- identity
-def task_type(task: Task) -> str:
-    """The breakdown key: ALFWorld's task type name, ScienceWorld's task name."""
-    if task.env == "alfworld":
-        return ALFWORLD_TASK_TYPES.get(task.task_type or 0, str(task.task_type))
-    return str(task.task_name)
-
-
 def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()[:16]
 
@@ -93,7 +87,7 @@ def eval_identity(
 ) -> dict[str, Any]:
     """What defines an evaluation's results: a rerun in the same directory must match it key by key."""
     meta = bool(settings.meta_reasoning if meta_reasoning is None else meta_reasoning)
-    name = settings.prompt_template or default_agent_template(settings.environment, meta)
+    name = settings.template_name(meta)
     identity: dict[str, Any] = {
         "policy": policy,
         "environment": settings.environment,
@@ -150,7 +144,7 @@ def episode_line(ep: Episode, task_index: int, truncated_outputs: int = 0) -> di
     key = ep.task.key
     line = {
         "task": key,
-        "type": task_type(ep.task),
+        "type": task_type_name(ep.task),
         "task_index": task_index,
         "sample": ep.traj,
         "won": bool(ep.won),
@@ -282,12 +276,6 @@ class _EvalCollector(RolloutCollector):
 
 
 # ---------------------------------------------------------------------------------------- evaluate
-def _golden_rules(path: str | os.PathLike) -> list[str]:
-    from gcd_trl.gcd.correction import read_rules
-
-    return read_rules(path)
-
-
 def evaluate(
     policy: Any,
     tasks: Sequence[Task],
@@ -323,7 +311,9 @@ def evaluate(
     policy = as_policy(policy)
     meta = bool(settings.meta_reasoning if meta_reasoning is None else meta_reasoning)
     if golden_rules is not None:
-        settings = dataclasses.replace(settings, suggestions=_golden_rules(golden_rules))
+        from gcd_trl.gcd.correction import read_rules
+
+        settings = dataclasses.replace(settings, suggestions=read_rules(golden_rules))
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples!r} must be >= 1")
     rank, world = shard
@@ -353,7 +343,7 @@ def evaluate(
     if out_dir is not None:
         if not check_output_dir(out_dir, ident):
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(
+            files.write_text_atomic(
                 out_dir / CONFIG_FILE, json.dumps({"identity": ident, "meta": meta_fields}, indent=2)
             )
         name = EPISODES_FILE if world == 1 else f"episodes.rank{rank}.jsonl"
@@ -399,27 +389,16 @@ def evaluate(
     collector = None
     try:
         if own_pool and not idle:
-            from gcd_trl.envs.pool import EnvPool
             from gcd_trl.rollout.expert import budgeted_env_factory
 
-            spec = EnvSpec(
-                settings.environment,
-                jvm_heap=settings.jvm_heap,
-                simplifications=settings.simplifications,
-                alfworld_expert=settings.alfworld_expert,
-                gold_cache_dir=str(out_dir / "gold_paths")
-                if out_dir and settings.environment == "scienceworld"
-                else None,
-            )
+            gold = out_dir / "gold_paths" if out_dir and settings.environment == "scienceworld" else None
             size = num_envs or settings.num_envs or min(DEFAULT_NUM_ENVS, max(1, len(pending)))
             kwargs = (
                 {"env_factory": budgeted_env_factory(settings.max_episode_steps)}
                 if getattr(policy, "budgeted_envs", False)
                 else {}
             )
-            pool = EnvPool(
-                spec, size, step_timeout=settings.step_timeout, reset_timeout=settings.reset_timeout, **kwargs
-            )
+            pool = settings.make_pool(size, gold_cache_dir=gold, **kwargs)
         if not idle:
             collector = _EvalCollector(
                 pool, settings, policy, on_finish, sync_max=sync_max, meta_reasoning=meta
@@ -447,11 +426,7 @@ def evaluate(
     wall = time.perf_counter() - t0
     report = _report(out_dir, mine, tasks, by_key, len(tasks) * num_samples, meta_fields)
     report["local"] = {
-        "episodes": len(mine),
-        "success": sum(bool(e["won"]) for e in mine),
-        "steps": sum(int(e["steps"]) for e in mine),
-        "invalid": sum(int(e["invalid"]) for e in mine),
-        "repeated": sum(int(e["repeated"]) for e in mine),
+        **episode_counts(mine),  # sum these over processes, then `episode_rates`
         "played": len(mine) - (len(jobs) - len(pending)),
         "wall_time_s": round(wall, 3),
         "time_generation_s": round(collector.time_generation, 3) if collector else 0.0,
@@ -479,11 +454,5 @@ def _report(out_dir, mine, tasks, by_key, expected, meta_fields) -> dict[str, An
 def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> None:
     """report.json and report.md, each written atomically."""
     out_dir = Path(out_dir)
-    _write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    _write_atomic(out_dir / REPORT_MD, report_markdown(report))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # shards may write at the same time
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.write_text_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    files.write_text_atomic(out_dir / REPORT_MD, report_markdown(report))

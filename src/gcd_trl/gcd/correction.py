@@ -21,12 +21,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gcd_trl import files
 from gcd_trl.prompts import load_template, render_suggestion_prompt
 
 log = logging.getLogger(__name__)
@@ -138,18 +138,6 @@ def parse_rule(text: str) -> str | None:
     if not rule or "<" in rule and ">" in rule:
         return None
     return rule[:MAX_RULE_CHARS]
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_rules(path: str | os.PathLike) -> list[str]:
@@ -319,7 +307,7 @@ class RuleBook:
         target = Path(path) if path is not None else self.path
         if target is None:
             return None
-        _write_json_atomic(target, self.state_dict())
+        files.write_json_atomic(target, self.state_dict())
         return target
 
     def metrics(self, prefix: str = "gcd/") -> dict[str, float]:

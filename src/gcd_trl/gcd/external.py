@@ -31,13 +31,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gcd_trl import files
 from gcd_trl.gcd.judge import parse_judgement, render_judge_prompt
 from gcd_trl.gcd.labels import record_key
 from gcd_trl.generation import Generation, to_chat
@@ -89,18 +89,7 @@ class DiskCache:
         with self._lock:
             self._mem[key] = merged
         if self.root is not None:
-            path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({**meta, "answers": merged}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            files.write_json_atomic(self._path(key), {**meta, "answers": merged}, fsync=True, indent=None)
         return merged
 
 
@@ -482,3 +471,39 @@ def advice_from_results(
             if c.get("score") == label and c.get("advise"):
                 out.append(str(c["advise"]))
     return out
+
+
+def label_with_judge(
+    records: Sequence[Mapping[str, Any]], settings: Any, template: str, cache_dir: str | os.PathLike
+) -> tuple[list[dict], dict[str, Any]]:
+    """Label step records offline (`gcd-trl judge label`): the rules, and with `settings.judge_model` the
+    external judge's votes (`judge_labels` mode; "both" falls back to the rules without a judge). Returns
+    the labelled records and a summary: label counts, requests, cache hits, failures, fallbacks."""
+    from gcd_trl.gcd.labels import label_counts, label_records
+
+    mode = settings.judge_labels
+    results: dict = {}
+    stats: dict[str, Any] = {"requests": 0, "cache_hits": 0, "failures": {}}
+    if settings.judge_model and mode in ("external", "both"):
+        judge = ExternalJudge.from_args(settings, cache_dir=cache_dir, template=template)
+        try:
+            results = judge.judge_records(records)
+        finally:
+            judge.close()
+        stats = judge.stats()
+    elif mode == "both":
+        mode = "rules"
+    labelled = label_records(records, results, mode=mode)
+    counts = label_counts(labelled)
+    summary = {
+        "steps": counts["steps"],
+        "good": counts["good"],
+        "bad": counts["bad"],
+        "unlabelled": counts["unlabelled"],
+        "requests": stats["requests"],
+        "cache_hits": stats["cache_hits"],
+        "failures": stats["failures"],
+        "labelled_by": {"rule": counts["rule"], "external": counts["external"]},
+        "fallbacks": sum(bool(r.get("failed")) for r in results.values()),
+    }
+    return labelled, summary

@@ -55,6 +55,8 @@ def label_records(
     records: Iterable[Mapping[str, Any]],
     external: Mapping[tuple, Mapping[str, Any]] | None = None,
     mode: str = "rules",
+    *,
+    ruled: bool = False,
 ) -> list[dict]:
     """The records, in their order, with `label` (0, 1 or None) and `label_source` added.
 
@@ -62,15 +64,19 @@ def label_records(
     rules stand in), "both" (rules, overridden by an external label where one exists). `external` maps
     `record_key(record)` to a result with `label` (0, 1 or None: the votes did not agree), optional
     `critiques` (copied to the record) and `failed` (True: no answer, fall back to the rules).
-    Judge-kind records pass through unchanged.
+    Judge-kind records pass through unchanged. `ruled`: the records already carry their rule labels in
+    `label` (the trainer labels a round's steps once), so the rules are not applied again.
     """
     if mode not in ("rules", "external", "both"):
         raise ValueError(f"label mode {mode!r} is not one of 'rules', 'external', 'both'")
     records = [dict(r) for r in records]
     rules: dict[tuple, int | None] = {}
-    for steps in group_trajectories(records).values():
-        for r, label in zip(steps, rule_labels(steps)):
-            rules[_key(r)] = label
+    if ruled:
+        rules = {_key(r): r.get("label") for r in records}
+    else:
+        for steps in group_trajectories(records).values():
+            for r, label in zip(steps, rule_labels(steps)):
+                rules[_key(r)] = label
     external = external or {}
     for r in records:
         if r.get("kind", "agent") != "agent":

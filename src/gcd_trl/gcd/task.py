@@ -78,24 +78,28 @@ class JudgeTask:
         self.static_cursor = 0  # static judge rows drawn so far (checkpointed)
 
     # ---- labels and prompts ---------------------------------------------------------------------------
-    def label(self, records: Sequence[Mapping[str, Any]], round_index: int) -> list[dict]:
-        """The step records with `label` / `label_source`; external votes on a seeded sample of steps."""
+    def label(
+        self, records: Sequence[Mapping[str, Any]], round_index: int, *, ruled: bool = False
+    ) -> list[dict]:
+        """The step records with `label` / `label_source`; external votes on a seeded sample of steps.
+        `ruled`: the records carry their rule labels already (`label`), computed once for the round."""
         use_external = self.external is not None and self.args.judge_labels in ("external", "both")
         external = None
         if use_external and self.args.judge_external_steps_per_round:
             # in "both" mode the steps the rules leave unlabelled go first (they gain a label only this way),
             # then a seeded sample of the rest
             rng = random.Random(self._seed(round_index, 1))
-            ruled = label_records(records, None, mode="rules")
+            by_rule = records if ruled else label_records(records, None, mode="rules")
             order = list(range(len(records)))
             rng.shuffle(order)
             if self.args.judge_labels == "both":
-                order.sort(key=lambda i: ruled[i].get("label") is not None)
+                order.sort(key=lambda i: by_rule[i].get("label") is not None)
             chosen = [records[i] for i in order[: self.args.judge_external_steps_per_round]]
             external = self.external.judge_records(chosen)
             if self.rules is not None:
                 self.rules.add_advice(advice_from_results(external), round_index, "external")
-        return label_records(records, external, mode=self.args.judge_labels if use_external else "rules")
+        mode = self.args.judge_labels if use_external else "rules"
+        return label_records(records, external, mode=mode, ruled=ruled)
 
     def prompts(self, labelled: Sequence[Mapping[str, Any]], round_index: int) -> list[JudgePrompt]:
         """This process's judge prompts: class-balanced labelled steps, then static judge rows."""

@@ -132,6 +132,12 @@ def default_agent_template(env: str, meta_reasoning: bool = False) -> str:
     return f"{env}_rlvmr" if meta_reasoning else env
 
 
+def agent_template_name(prompt_template: str | None, env: str, meta_reasoning: bool = False) -> str:
+    """The agent prompt a run uses: `prompt_template` when set, else the env's built-in one (RLVMR's with
+    meta-reasoning). Every command and builder resolves the template through this one rule."""
+    return prompt_template or default_agent_template(env, meta_reasoning)
+
+
 def load_template(name_or_path: str | Path, kind: str | None = None) -> str:
     """Read a built-in template by name, or a user template file, and validate its placeholders.
 

@@ -2,7 +2,7 @@
 
 Every live env of this process is prompted at once each turn (never one env at a time); an env whose
 episode ends is refilled with the next pending episode, so the generation batch stays full when the pool
-has fewer envs than episodes. Each env step becomes a `StepSample` (token ids, behaviour log-probs when
+has fewer envs than episodes. Each env step becomes an `AgentSample` (token ids, behaviour log-probs when
 the backend gives them, and the Episode's `StepRecord`). Invalid (format-error) outputs never reach the env:
 `Episode.apply` returns None for them and the env is not stepped; a well-formed action that is not
 admissible reaches it with `inadmissible_action="env"` (the references' rule, counted per episode).
@@ -25,24 +25,9 @@ from tqdm.auto import tqdm
 
 from gcd_trl.envs.base import Task
 from gcd_trl.generation import Generation
-from gcd_trl.prompts import HistoryDefaults, default_agent_template, history_defaults, load_template
-from gcd_trl.rollout.episode import Episode, StepRecord
-
-
-@dataclass
-class StepSample:
-    """One training sample: an env step (kind "agent") or a GCD judge answer (kind "judge")."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    record: StepRecord | None
-    truncated: bool
-    repeated: bool  # sent the env the same action as the step before
-    logprobs: list[float | None] | None = None
-    advantage: float = 0.0
-    weight: float = 1.0  # multiplies the advantage; 0 drops the sample from the loss
-    kind: str = "agent"  # "agent": an env step; "judge": a GCD judge answer (record is None, see `judge`)
-    judge: dict | None = None  # judge samples: label, reward, parsed score, source step
+from gcd_trl.prompts import HistoryDefaults, history_defaults, load_template
+from gcd_trl.rollout.episode import Episode
+from gcd_trl.rollout.samples import AgentSample
 
 
 @dataclass
@@ -63,7 +48,7 @@ class EpisodeSummary:
 class Rollout:
     """What a round produced on this process."""
 
-    samples: list[StepSample] = field(default_factory=list)
+    samples: list[AgentSample] = field(default_factory=list)
     episodes: list[EpisodeSummary] = field(default_factory=list)
     time_generation: float = 0.0
     time_env: float = 0.0
@@ -96,16 +81,20 @@ class RolloutCollector:
         meta_reasoning: bool = False,
         progress: bool = False,
         template: str | None = None,
+        suggestions: Callable[[], str | list[str]] | None = None,
     ) -> None:
+        """`suggestions`: called at the start of every `collect` for the prompt's {suggestions} (the trainer's
+        golden rules, which change between rounds); default: `env_args.suggestions`."""
         self.pool = pool
         self.env_args = env_args
         self.generate = generate
         self.sync_max = sync_max
         self.meta_reasoning = meta_reasoning
         self.progress = progress
-        name = env_args.prompt_template or default_agent_template(env_args.environment, meta_reasoning)
+        name = env_args.template_name(meta_reasoning)
         self.template = template if template is not None else load_template(name, "agent")
         self.suggestions = env_args.suggestions
+        self._suggestions = suggestions
         self.history = resolve_history(env_args, name, self.template)
 
     def _episode(self, task: Task, first, group: int, traj: int) -> Episode:
@@ -129,6 +118,8 @@ class RolloutCollector:
         self, tasks: list[Task], num_generations: int, *, group_offset: int = 0, round_index: int = 0
     ) -> Rollout:
         """Play `num_generations` episodes of each task; group ids are `group_offset + i` for tasks[i]."""
+        if self._suggestions is not None:
+            self.suggestions = self._suggestions()
         out = Rollout()
         restarts0 = self.pool.stats.get("restarts", 0)
         pending = deque(
@@ -155,7 +146,14 @@ class RolloutCollector:
             for rec, gen in zip(ep.steps if ep.aborted is None else [], history):
                 repeated = rec.action is not None and rec.action == prev
                 out.samples.append(
-                    StepSample(gen.prompt_ids, gen.completion_ids, rec, gen.truncated, repeated, gen.logprobs)
+                    AgentSample(
+                        gen.prompt_ids,
+                        gen.completion_ids,
+                        gen.truncated,
+                        gen.logprobs,
+                        record=rec,
+                        repeated=repeated,
+                    )
                 )
                 prev = rec.action
             out.episodes.append(

@@ -28,14 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcd_trl.envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
+from gcd_trl import files
 from gcd_trl.envs.alfworld import AlfWorldEnv
-from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv, make_env
+from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv
+from gcd_trl.envs.registry import make_env
+from gcd_trl.envs.tasks import task_type_name
 from gcd_trl.prompts import default_agent_template, load_template
 from gcd_trl.rollout.episode import Episode
 
 _TASK_LEAD = re.compile(r"^your task is to:?\s*", re.I)
-DEFAULT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}  # expert paths run longer than the RL limit
+# steps an expert episode may take (expert paths run longer than the RL limit); data and `gcd-trl env` default to it
+EXPERT_MAX_STEPS = {"alfworld": 50, "scienceworld": 100}
+
+
+def expert_budgets() -> str:
+    """EXPERT_MAX_STEPS in words, for help texts: "50 alfworld, 100 scienceworld"."""
+    return ", ".join(f"{n} {env}" for env, n in EXPERT_MAX_STEPS.items())
 
 
 def _goal(task_description: str) -> str:
@@ -275,7 +283,7 @@ def iter_expert(
                 if template is not None
                 else load_template(default_agent_template(task.env, meta_reasoning))
             )
-            steps = max_steps or DEFAULT_MAX_STEPS[task.env]
+            steps = max_steps or EXPERT_MAX_STEPS[task.env]
             try:
                 if live is None:
                     live = make_env(spec)  # type: ignore[arg-type]
@@ -314,11 +322,7 @@ def summarize(results: Sequence[ExpertEpisode], wall_time_s: float) -> dict[str,
     steps = [r.episode.num_steps for r in results if r.episode is not None]
     by_type: dict[str, dict[str, Any]] = {}
     for r in results:
-        if r.task.env == "alfworld":
-            key = ALFWORLD_TASK_TYPES.get(r.task.task_type or 0, str(r.task.task_type))
-        else:
-            key = str(r.task.task_name)
-        entry = by_type.setdefault(key, {"episodes": 0, "won": 0})
+        entry = by_type.setdefault(task_type_name(r.task), {"episodes": 0, "won": 0})
         entry["episodes"] += 1
         entry["won"] += int(r.won)
     for entry in by_type.values():
@@ -335,11 +339,59 @@ def summarize(results: Sequence[ExpertEpisode], wall_time_s: float) -> dict[str,
     }
 
 
+def run_expert(
+    env: TextEnv | EnvSpec,
+    tasks: Sequence[Task],
+    *,
+    sink: Callable[[ExpertEpisode], None] | None = None,
+    progress: str | None = None,
+    name: Callable[[Task], str] | None = None,
+    skipped: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], int]:
+    """Play the expert on every task (`iter_expert`, `kwargs` its options), going on past an engine that
+    exits the process (fast-downward on bad PDDL); `sink(result)` gets each finished episode, `progress`
+    names a progress bar (episodes done, success so far). Returns the summary (`summarize`'s, plus
+    `failed`: every task that did not run cleanly, by `name`, after the `skipped` ones found unplayable
+    before) and how many episodes ran cleanly."""
+    from tqdm.auto import tqdm
+
+    name = name or (lambda t: t.key)
+    results: list[ExpertEpisode] = []
+    start = time.perf_counter()
+    wins = 0
+    bar = tqdm(total=len(tasks), desc=progress, unit="ep", dynamic_ncols=True, disable=progress is None)
+    remaining = list(tasks)
+    try:
+        while remaining:
+            offset = len(results)
+            try:
+                for res in iter_expert(env, list(remaining), **kwargs):
+                    for rec in res.records:
+                        rec["episode"] += offset  # numbered over the whole run, across restarts
+                    results.append(res)
+                    remaining.pop(0)
+                    wins += int(res.won)
+                    if sink is not None:
+                        sink(res)
+                    bar.update(1)
+                    bar.set_postfix(success=f"{wins}/{len(results)}", refresh=False)
+            except SystemExit as err:  # an engine that exits the process (fast-downward on bad PDDL)
+                results.append(ExpertEpisode(remaining.pop(0), None, fault=f"error:engine exited: {err}"))
+                bar.update(1)
+    finally:
+        bar.close()
+    summary = summarize(results, time.perf_counter() - start)
+    skipped = skipped or {}
+    summary["episodes_skipped"] = len(skipped)
+    summary["failed"] = [{"task": t, "fault": f"not played: {why}"} for t, why in skipped.items()]
+    summary["failed"] += [{"task": name(r.task), "fault": r.fault} for r in results if r.fault]
+    return summary, sum(1 for r in results if r.fault is None)
+
+
 def replay(env: TextEnv | EnvSpec, tasks: Iterable[Task], **kwargs: Any) -> dict[str, Any]:
     """Play the expert on `tasks` and summarise (a check that env, expert and parser agree)."""
-    start = time.perf_counter()
-    results = list(iter_expert(env, tasks, **kwargs))
-    return summarize(results, time.perf_counter() - start)
+    return run_expert(env, list(tasks), **kwargs)[0]
 
 
 def write_expert_jsonl(
@@ -350,23 +402,33 @@ def write_expert_jsonl(
     only_won: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Play the expert and write one JSON line per step (loadable with `datasets.load_dataset("json")`).
+    """Play the expert (`run_expert`) and write one JSON line per step (loadable with
+    `datasets.load_dataset("json")`), episode by episode into OUT.partial, renamed to OUT when done (after a
+    crash the partial file holds every finished episode).
 
     Fields: task (Task.to_dict()), episode, step, prompt, completion, action, observation (the raw env
-    observation the action was taken in), won (the episode's outcome), num_steps.
+    observation the action was taken in), won (the episode's outcome), num_steps. The summary adds `out`,
+    `records` and `clean` (episodes that ran cleanly).
     """
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    results, written = [], 0
-    with out.open("w", encoding="utf-8") as f:
-        for res in iter_expert(env, tasks, **kwargs):
-            results.append(res)
-            if only_won and not res.won:
-                continue
-            for rec in res.records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                written += 1
-    summary = summarize(results, time.perf_counter() - start)
-    summary.update(out=str(out), records=written)
+    summary: dict[str, Any] = {}
+    written = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal written
+        with tmp.open("w", encoding="utf-8") as f:
+
+            def sink(res: ExpertEpisode) -> None:
+                nonlocal written
+                if only_won and not res.won:
+                    return
+                for rec in res.records:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    written += 1
+                f.flush()
+
+            found, clean = run_expert(env, list(tasks), sink=sink, **kwargs)
+            summary.update(found, clean=clean)
+
+    files.write_atomic(out_path, write, partial=True)
+    summary.update(out=str(out_path), records=written)
     return summary

@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from gcd_trl import files
 
 REQUIRED_STEP_FIELDS: dict[str, tuple[type, ...]] = {
     "group": (int, str),
@@ -167,19 +168,8 @@ def group_trajectories(records: Iterable[Mapping[str, Any]]) -> dict[tuple, list
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows as JSONL through a temporary file in the same folder, then rename: a kill never leaves a
-    half-written file. The folder is created; a path that is a directory is refused."""
-    path = Path(path)
-    if path.is_dir():
+    """Write rows as JSONL atomically (`gcd_trl.files`): a kill never leaves a half-written file. The folder
+    is created; a path that is a directory is refused."""
+    if Path(path).is_dir():
         raise RecordFileError(f"{path}: is a directory; give a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_jsonl_atomic(path, rows)

@@ -1,4 +1,5 @@
-"""Which checkpoint a run can resume from, decided before any model loads.
+"""Checkpoints of an RL run: what the trainers add to a checkpoint folder, and which checkpoint a run can
+resume from, decided before any model loads.
 
 `AgentGRPOTrainer` writes its own state files into a checkpoint folder first and lets Trainer write
 `trainer_state.json` last (after the weights and the optimizer, before it prunes older checkpoints), so a
@@ -8,9 +9,13 @@ previous complete one, and resuming falls back to that one with a message.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
+
+from gcd_trl import files
 
 SAMPLER_STATE_NAME = "task_sampler.json"
 JUDGE_STATE_NAME = "gcd_state.json"
@@ -66,3 +71,59 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> s
     if problem is not None:
         raise ValueError(f"resume_from_checkpoint: {problem}")
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the trainers add to a checkpoint (each written atomically, before Trainer's own files)
+
+
+def save_run_state(
+    folder: str | os.PathLike, sampler_state: dict[str, Any], judge_state: dict | None
+) -> None:
+    """The task sampler's cursor and (with GCD) the judge's state: golden rules, static-row cursor,
+    external judge budget."""
+    files.write_json_atomic(Path(folder) / SAMPLER_STATE_NAME, sampler_state)
+    if judge_state is not None:
+        files.write_json_atomic(Path(folder) / JUDGE_STATE_NAME, judge_state)
+
+
+def load_sampler_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    path = Path(checkpoint) / SAMPLER_STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: this checkpoint was not written by AgentGRPOTrainer, so the task "
+            "sequence cannot be resumed"
+        )
+    return json.loads(path.read_text())
+
+
+def load_judge_state(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(checkpoint) / JUDGE_STATE_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_optimizer(path: str | os.PathLike, optimizer: Any) -> None:
+    """An extra optimizer's state (the critic's, the value head's), written atomically."""
+    import torch
+
+    state = optimizer.state_dict()
+    files.write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_optimizer(path: str | os.PathLike, optimizer: Any, device: Any) -> None:
+    import torch
+
+    optimizer.load_state_dict(torch.load(path, map_location=device))
+
+
+def without_tied_keys(model: Any, load_result: Any) -> Any:
+    """Tied weights (lm_head = embed_tokens) are not saved, so a resumed checkpoint "misses" them; the model
+    re-ties them. Returns the load result with only the other missing keys (worth a warning)."""
+    tied = set(
+        getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or ()
+    )
+    missing = [k for k in load_result.missing_keys if not any(k == t or k.endswith("." + t) for t in tied)]
+    if len(missing) != len(load_result.missing_keys) and hasattr(load_result, "_replace"):
+        model.tie_weights()
+        load_result = load_result._replace(missing_keys=missing)
+    return load_result

@@ -6,7 +6,7 @@ expert's history) scored as admissible / the expert's action. docs/sft.md quotes
     .venv/bin/python -m gcd_trl tiny-model --out /tmp/tm --entity_tokens
     .venv/bin/python -m gcd_trl data agent-sft --games data/alfworld/games/heldout --prompt_template \
         alfworld_compact --think short --recovery_episodes 0 --oversample_max 1 --output_dir /tmp/ho
-    THREADS=2 .venv/bin/python benchmarks/sft_recipe_sweep.py /tmp/tm \
+    THREADS=2 .venv/bin/python experiments/sft_recipe_sweep.py /tmp/tm \
         data/alfworld/agent_sft_alfworld_compact/train.jsonl /tmp/ho/train.jsonl /tmp NAME lr=0.0005 minutes=2,4
 
 Keys: loss (assistant|full|mixed), lr, batch, hist (history pairs kept), oversample (0: drop copies),

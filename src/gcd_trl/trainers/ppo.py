@@ -32,7 +32,6 @@ root module (not verified here). LoRA on the actor leaves the critic a full mode
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,18 +41,18 @@ import torch
 from accelerate.utils import DistributedType
 from trl.models.utils import disable_gradient_checkpointing
 
+from gcd_trl import dist
 from gcd_trl.advantages import records_to_batch
-from gcd_trl.advantages.gae import gae_advantages, token_rewards
+from gcd_trl.advantages.gae import gae_advantages, masked_moments, token_rewards, whiten
 from gcd_trl.advantages.grpo import episode_scores
-from gcd_trl.rollout.batching import pack_microbatches
-from gcd_trl.rollout.collector import StepSample
-from gcd_trl.token_trainer import AgentTokenTrainer, _model_path
-from gcd_trl.trainer import AgentGRPOTrainer, _Update
-from gcd_trl.value_head import load_pretrained_weights
+from gcd_trl.rollout.samples import AgentSample
+from gcd_trl.trainers import checkpoints
+from gcd_trl.trainers.microbatch import Update, pack_microbatches
+from gcd_trl.trainers.token import AgentTokenTrainer
+from gcd_trl.trainers.value_head import load_pretrained_weights, model_path
 
 CRITIC_DIR = "critic"
 CRITIC_OPTIMIZER = "optimizer.pt"
-WHITEN_EPS = 1e-8
 
 
 def load_critic(path: str, model_init_kwargs: dict[str, Any] | None = None, seed: int = 0):
@@ -96,6 +95,7 @@ class AgentPPOTrainer(AgentTokenTrainer):
 
     _tag_names = ["trl", "ppo", "gcd-trl", "agent"]
     _name = "AgentPPO"
+    _critic_targets = True  # returns, old values and the value mask in every micro-batch
 
     def __init__(self, model, args, *rest, critic_model=None, **kwargs) -> None:
         if args.advantage_estimator != "gae":
@@ -110,7 +110,7 @@ class AgentPPOTrainer(AgentTokenTrainer):
                 "launch PPO with DDP (configs/accelerate/1gpu.yaml, multi-GPU DDP) or FSDP"
             )
         if critic_model is None:
-            path = args.critic_model_name_or_path or _model_path(model)
+            path = args.critic_model_name_or_path or model_path(model)
             if not path:
                 raise ValueError("AgentPPOTrainer: set critic_model_name_or_path (the actor has no path)")
             critic_model = load_critic(path, args.model_init_kwargs, seed=args.seed)
@@ -143,7 +143,7 @@ class AgentPPOTrainer(AgentTokenTrainer):
         return out.logits[:, -width - 1 : -1, 0].float()
 
     @torch.no_grad()
-    def _old_values(self, samples: list[StepSample]) -> list[np.ndarray]:
+    def _old_values(self, samples: list[AgentSample]) -> list[np.ndarray]:
         """Each sample's completion-token values under the current critic (eval mode, no grad), every process
         running as many forwards as the busiest."""
         critic = self.accelerator.unwrap_model(self.critic)
@@ -158,30 +158,25 @@ class AgentPPOTrainer(AgentTokenTrainer):
         try:
             with disable_gradient_checkpointing(critic, self.args.gradient_checkpointing_kwargs):
                 for idx in packed:
-                    mb = AgentGRPOTrainer._collate(self, [samples[i] for i in idx])
+                    mb = self._collate([samples[i] for i in idx])  # ids and masks are what is read
                     values = self._critic_values(critic, mb).cpu().numpy()
                     for r, i in enumerate(idx):
                         out[i] = values[r, : len(samples[i].completion_ids)].astype(np.float64)
                 pad = self._tokenizer.pad_token_id
-                for _ in range(self._max_over_processes(len(packed)) - len(packed)):
+                for _ in range(dist.max_over_processes(self.accelerator, len(packed)) - len(packed)):
                     ids = torch.tensor([[pad]], device=self.accelerator.device)
                     critic(input_ids=ids, attention_mask=torch.ones_like(ids))
         finally:
             critic.train(was_training)
         return out
 
-    def _reduce(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            t = self.accelerator.reduce(t, reduction="sum")
-        return t.tolist()
-
-    def _advantages(self, samples: list[StepSample]) -> list[float]:
-        """Token-level GAE from the critic's values, whitened over the round on all processes; kept per sample
-        for `_collate`. Returns each sample's mean token advantage (for metrics and rollout files)."""
+    def _advantages(self, samples: list[AgentSample]) -> list[float]:
+        """Token-level GAE from the critic's values, whitened over the round on all processes
+        (`advantages.gae`); set as each sample's `token_advantages`, with the critic's targets (`returns`,
+        `values`). Returns each sample's mean token advantage (for metrics and rollout files)."""
         t0 = time.perf_counter()
-        a = self.args
-        records = [s.record.to_dict() for s in samples]
+        a, acc = self.args, self.accelerator
+        records = [s.record_dict for s in samples]
         scores = episode_scores(records_to_batch(records, config=self.advantage_config), a.invalid_penalty)
         lengths = np.array([len(s.completion_ids) for s in samples], dtype=np.int64)
         width = int(lengths.max(initial=1))
@@ -196,31 +191,31 @@ class AgentPPOTrainer(AgentTokenTrainer):
         values *= mask  # verl's critic: only response tokens have values
         rewards = token_rewards(scores, lengths, width)
         raw, returns = gae_advantages(rewards, values, a.gae_gamma, a.gae_lambda)
-        n, total = self._reduce([float(mask.sum()), float(raw[mask].sum())])
+        n, total = dist.sum_over_processes(acc, masked_moments(raw, mask))
         mean = total / max(n, 1.0)
-        sq, ret_sum, ret_sq, val_sum, res_sum, res_sq = self._reduce(
+        res = returns - values
+        sq, ret_sum, ret_sq, val_sum, res_sum, res_sq = dist.sum_over_processes(
+            acc,
             [
-                float(((raw[mask] - mean) ** 2).sum()),
+                masked_moments(raw, mask, mean)[1],
                 float(returns[mask].sum()),
                 float((returns[mask] ** 2).sum()),
                 float(values[mask].sum()),
-                float((returns - values)[mask].sum()),
-                float(((returns - values)[mask] ** 2).sum()),
-            ]
+                float(res[mask].sum()),
+                float((res[mask] ** 2).sum()),
+            ],
         )
-        var = sq / (n - 1) if n > 1 else 0.0
-        adv = (raw - mean) / np.sqrt(var + WHITEN_EPS) if n > 1 else raw - mean
+        adv = whiten(raw, mean, sq, n) if n > 1 else raw - mean  # whitened over all processes' tokens
         per_sample = []
         for i, s in enumerate(samples):
             L = int(lengths[i])
-            self._token_advantages[id(s)] = {
-                "advantages": adv[i, :L].astype(np.float32),
-                "returns": returns[i, :L].astype(np.float32),
-                "values": values[i, :L].astype(np.float32),
-            }
+            s.token_advantages = adv[i, :L].astype(np.float32)
+            s.returns = returns[i, :L].astype(np.float32)
+            s.values = values[i, :L].astype(np.float32)
             per_sample.append(float(adv[i, :L][mask[i, :L]].mean()) if mask[i].any() else 0.0)
         m = self._metrics["train"]
         if n:
+            var = sq / (n - 1) if n > 1 else 0.0
             ret_var = ret_sq / n - (ret_sum / n) ** 2
             res_var = res_sq / n - (res_sum / n) ** 2
             m["critic/values_mean"].append(val_sum / n)
@@ -231,40 +226,13 @@ class AgentPPOTrainer(AgentTokenTrainer):
         m["time/critic_values"].append(time.perf_counter() - t0)
         return per_sample
 
-    def _collate(self, samples: list[StepSample]) -> dict[str, Any]:
-        """Also the critic's targets: returns, old values and the mask of tokens that train it (agent samples
-        with GAE data; zeros for judge and padding rows, which still run the critic under DDP)."""
-        mb = super()._collate(samples)
-        width = mb["completion_ids"].size(1)
-        rows = max(len(samples), 1)
-        returns, old, value_mask = (
-            torch.zeros(rows, width),
-            torch.zeros(rows, width),
-            torch.zeros(rows, width),
-        )
-        for r, s in enumerate(samples):
-            data = self._token_advantages.get(id(s))
-            if data is None:
-                continue
-            L = min(len(data["returns"]), width)
-            returns[r, :L] = torch.as_tensor(data["returns"][:L])
-            old[r, :L] = torch.as_tensor(data["values"][:L])
-            value_mask[r] = mb["completion_mask"][r].float().cpu()
-        device = self.accelerator.device
-        mb["returns"], mb["old_values"], mb["value_mask"] = (
-            returns.to(device),
-            old.to(device),
-            value_mask.to(device),
-        )
-        return mb
-
     # ------------------------------------------------------------------------------------------------
     # The optimizer step: the actor's micro-batches, then the critic's on the same micro-batches
 
     def _in_critic_warmup(self) -> bool:
         return self._round is not None and self._round.index < self.args.critic_warmup_rounds
 
-    def _accumulate(self, model, update: _Update) -> torch.Tensor:
+    def _accumulate(self, model, update: Update) -> torch.Tensor:
         if self._in_critic_warmup():
             self._metrics["train"]["critic/warmup"].append(1.0)
             loss = torch.zeros((), device=self.accelerator.device)  # no actor gradient: its optimizer skips
@@ -273,7 +241,7 @@ class AgentPPOTrainer(AgentTokenTrainer):
         self._train_critic(update)
         return loss
 
-    def _train_critic(self, update: _Update) -> None:
+    def _train_critic(self, update: Update) -> None:
         """The clipped value loss over the update's agent tokens (a token mean over all processes), one
         forward/backward per micro-batch (synchronised on the last), then the critic's optimizer step."""
         acc, critic = self.accelerator, self.critic
@@ -330,15 +298,8 @@ class AgentPPOTrainer(AgentTokenTrainer):
 
     def _save_checkpoint(self, model, trial):
         if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = (
-                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            (folder / CRITIC_DIR).mkdir(parents=True, exist_ok=True)
-            tmp = folder / CRITIC_DIR / f"{CRITIC_OPTIMIZER}.tmp"
-            torch.save(self.critic_optimizer.state_dict(), tmp)
-            os.replace(tmp, folder / CRITIC_DIR / CRITIC_OPTIMIZER)
+            folder = Path(self._checkpoint_folder(trial)) / CRITIC_DIR
+            checkpoints.save_optimizer(folder / CRITIC_OPTIMIZER, self.critic_optimizer)
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -352,13 +313,4 @@ class AgentPPOTrainer(AgentTokenTrainer):
                 f"{opt} is missing: this checkpoint holds no critic (not written by AgentPPOTrainer)"
             )
         load_pretrained_weights(self.accelerator.unwrap_model(self.critic), folder)
-        self.critic_optimizer.load_state_dict(torch.load(opt, map_location=self.accelerator.device))
-
-
-def trainer_class(args) -> type[AgentGRPOTrainer]:
-    """The trainer a run config asks for: PPO for gae; the token-level trainer for NTHR or the value head."""
-    if args.advantage_estimator == "gae":
-        return AgentPPOTrainer
-    if getattr(args, "nthr", False) or getattr(args, "value_head_coef", 0.0) > 0:
-        return AgentTokenTrainer
-    return AgentGRPOTrainer
+        checkpoints.load_optimizer(opt, self.critic_optimizer, self.accelerator.device)

@@ -4,8 +4,8 @@ hidden state, trained with binary cross-entropy on the GCD step labels (1 good, 
 It is the alternative the paper argues against: sharing the backbone between the agent task and a
 discriminative head makes the two tasks pull the hidden states in different directions (Garcin et al. 2025),
 where the generative judge keeps the classification in the language-model head. This module holds the
-head, its loss and its file format; it is used at cold start (`gcd_trl.value_sft`) and during RL
-(`value_head_coef` in `gcd_trl.token_trainer`).
+head, its loss and its file format; it is used at cold start (`gcd_trl.trainers.value_sft`) and during RL
+(`value_head_coef` in `gcd_trl.trainers.token`).
 
 The head reads the hidden state at the last completion token of a step (the LM head's input there, after
 the final norm): the state that has seen the observation and the whole answer, i.e. the action judged.
@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from gcd_trl import files
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -42,13 +44,11 @@ class ValueHead(nn.Module):
     def save(self, folder: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        path = Path(folder) / HEAD_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"hidden_size": str(self.hidden_size)})
-        os.replace(tmp, path)
-        return path
+        metadata = {"hidden_size": str(self.hidden_size)}
+        return files.write_atomic(
+            Path(folder) / HEAD_FILE, lambda tmp: save_file(state, str(tmp), metadata=metadata)
+        )
 
     def load(self, path: str | os.PathLike) -> None:
         """Load weights from a head file or a folder holding one; the hidden size must match."""
@@ -65,6 +65,13 @@ class ValueHead(nn.Module):
         if size != self.hidden_size:
             raise ValueError(f"{path}: a head for hidden size {size}, the model has {self.hidden_size}")
         self.load_state_dict(state)
+
+
+def model_path(model: Any) -> str | None:
+    """The folder or Hub id a model argument names (a path, or a loaded model's `_name_or_path`)."""
+    if isinstance(model, str | os.PathLike):
+        return str(model)
+    return getattr(getattr(model, "config", None), "_name_or_path", None)
 
 
 def find_head_file(path: str | os.PathLike | None) -> Path | None:

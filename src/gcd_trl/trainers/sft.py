@@ -30,6 +30,8 @@ from typing import Any
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from gcd_trl.config import ConfigError, check_report_to, check_training_precision, low_precision_field
+
 DATA_FILE_NAMES = ("train.jsonl", "train.parquet")
 
 
@@ -63,13 +65,7 @@ class SFTDataArguments:
     num_threads: int | None = field(
         default=None, metadata={"help": "CPU torch threads (default: min(2, CPUs)); ignored on GPU."}
     )
-    low_precision_parameters: bool = field(
-        default=False,
-        metadata={
-            "help": "Allow training bf16/fp16 parameters with a plain optimizer (no fp32 master weights: small "
-            "updates vanish). Default: refused; load in float32 with bf16: true, or launch with DeepSpeed/FSDP."
-        },
-    )
+    low_precision_parameters: bool = low_precision_field()
     max_train_minutes: float | None = field(
         default=None,
         metadata={
@@ -153,16 +149,9 @@ def parse_sft_config(argv: list[str]) -> tuple[SFTConfig, SFTDataArguments, Mode
         raise SFTInputError("model_name_or_path is not set")
     if not data.datasets:
         raise SFTInputError("no data: set `datasets` (a list of {path, weight}) or `dataset_path`")
-    from gcd_trl.config import ConfigError, check_parameter_precision
-
     try:
-        check_parameter_precision(
-            (train.model_init_kwargs or {}).get("dtype", model.dtype),
-            train,
-            model.model_name_or_path,
-            use_peft=bool(model.use_peft),
-            allowed=data.low_precision_parameters,
-        )
+        check_report_to(train.report_to)
+        check_training_precision(train, model, data.low_precision_parameters)
     except ConfigError as err:
         raise SFTInputError(str(err)) from err
     return train, data, model
@@ -249,21 +238,13 @@ def set_threads(train_args: SFTConfig, data_args: SFTDataArguments) -> None:
 
 
 def check_model_path(name: str) -> None:
-    """A local model folder must hold a saved model; a Hub id must be cached when offline."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise SFTInputError(
-                f"model_name_or_path {name}: the folder has no config.json (not a saved model)"
-            )
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise SFTInputError(f"model_name_or_path {name}: no such folder")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
+    """`config.check_model_path`, as an SFT input error."""
+    from gcd_trl.config import check_model_path as check
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise SFTInputError(f"model_name_or_path {name}: not a folder and not in the hub cache (offline)")
+    try:
+        check(name)
+    except ConfigError as err:
+        raise SFTInputError(str(err)) from None
 
 
 def build_trainer(train_args: SFTConfig, data_args: SFTDataArguments, model_args: ModelConfig):

@@ -9,33 +9,33 @@ that everything else (rollouts, batching, loss types, checkpoints) stays the lea
   them into weights (eta or 1) for the negative samples' tokens, and those samples reach TRL's
   `_compute_loss` with a (B, C) advantage tensor (TRL 1.16 takes per-token advantages as they are).
 - The value-head classifier (`value_head_coef > 0`): the round's agent steps get the GCD rule labels
-  (`gcd.labels.label_records`); in each micro-batch's loss forward a hook on the transformer body keeps the
-  final hidden states, a scalar head (`value_head.ValueHead`) reads the last completion token of every
-  labelled step, and coef x BCE (class-balanced, a weighted mean over the optimizer step's labelled steps
+  (`gcd.cotrain.label_samples`, once a round, shared with the judge task); in each micro-batch's loss
+  forward a hook on the transformer body keeps the final hidden states, a scalar head
+  (`value_head.ValueHead`) reads the last completion token of every labelled step, and coef x BCE (class-balanced, a weighted mean over the optimizer step's labelled steps
   on all processes) joins the actor's loss through `_auxiliary_loss`, so its gradient reaches the shared
   backbone. The head has its own AdamW (its gradient averaged over processes by hand), is written to every
   checkpoint and to the output folder (value_head.safetensors) and restored on resume.
 
-`gcd_trl.ppo.AgentPPOTrainer` builds on this class for the critic's token-level GAE advantages.
+`gcd_trl.trainers.ppo.AgentPPOTrainer` builds on this class for the critic's token-level GAE advantages.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import disable_gradient_checkpointing
 
+from gcd_trl import dist
 from gcd_trl.advantages.nthr import group_success_rate, nthr_weights, prediction_errors
-from gcd_trl.rollout.batching import pack_microbatches
-from gcd_trl.rollout.collector import StepSample
-from gcd_trl.trainer import AgentGRPOTrainer, _Update
-from gcd_trl.value_head import (
+from gcd_trl.rollout.samples import AgentSample, Sample
+from gcd_trl.trainers import checkpoints
+from gcd_trl.trainers.grpo import AgentGRPOTrainer
+from gcd_trl.trainers.microbatch import Update, carries_loss, pack_microbatches
+from gcd_trl.trainers.value_head import (
     ValueHead,
     accuracy_counts,
     accuracy_metrics,
@@ -44,16 +44,11 @@ from gcd_trl.value_head import (
     find_head_file,
     hidden_size_of,
     last_hidden,
+    model_path,
     weighted_bce,
 )
 
 VALUE_HEAD_OPTIMIZER = "value_head_optimizer.pt"
-
-
-def _model_path(model: Any) -> str | None:
-    if isinstance(model, str | os.PathLike):
-        return str(model)
-    return getattr(getattr(model, "config", None), "_name_or_path", None)
 
 
 class AgentTokenTrainer(AgentGRPOTrainer):
@@ -66,56 +61,24 @@ class AgentTokenTrainer(AgentGRPOTrainer):
 
     def __init__(self, model, args, *rest, **kwargs) -> None:
         super().__init__(model, args, *rest, **kwargs)
-        # per-sample data of the round being cut into micro-batches, keyed by id(sample)
-        self._token_weights: dict[int, torch.Tensor] = {}  # NTHR: (T,) advantage weights
-        self._token_advantages: dict[int, dict[str, Any]] = {}  # PPO: (T,) advantages, returns, values
-        self._value_labels: dict[int, int] = {}  # value head: 1 good, 0 bad
         self.value_head: ValueHead | None = None
         self._hidden: torch.Tensor | None = None
         self._capture_hidden = False
         if args.value_head_coef > 0:
-            self._init_value_head(_model_path(model))
+            self._init_value_head(model_path(model))
 
     # ------------------------------------------------------------------------------------------------
-    # Round building: per-sample data first, then the lead trainer's micro-batches
+    # Round building: per-sample data first (sample fields), then the lead trainer's micro-batches
 
-    def _make_round(self, samples: list[StepSample], index: int = 0):
-        agent = [s for s in samples if s.kind == "agent"]
-        try:
-            if self.args.nthr:
-                self._nthr(agent)
-            if self.value_head is not None:
-                self._label_steps(agent, index)
-            return super()._make_round(samples, index)
-        finally:
-            self._token_weights.clear()
-            self._token_advantages.clear()
-            self._value_labels.clear()
+    def _wants_labels(self) -> bool:
+        return super()._wants_labels() or self.value_head is not None
 
-    def _collate(self, samples: list[StepSample]) -> dict[str, Any]:
-        """The lead trainer's micro-batch, with (B, C) advantages when a sample has token-level data."""
-        mb = super()._collate(samples)
-        rows = []
-        for s in samples:
-            data = self._token_advantages.get(id(s))
-            if data is not None:
-                rows.append(torch.as_tensor(data["advantages"], dtype=torch.float32) * s.weight)
-            elif id(s) in self._token_weights:
-                rows.append(self._token_weights[id(s)].float() * (s.advantage * s.weight))
-            else:
-                rows.append(None)
-        if any(r is not None for r in rows):
-            width = mb["completion_ids"].size(1)
-            adv = torch.zeros(len(samples), width)
-            for r, (s, vec) in enumerate(zip(samples, rows)):
-                if vec is None:
-                    adv[r] = s.advantage * s.weight
-                else:
-                    adv[r, : len(vec)] = vec[:width]
-            mb["advantages"] = adv.to(self.accelerator.device)
-        return mb
+    def _make_round(self, samples: list[Sample], index: int = 0):
+        if self.args.nthr:
+            self._nthr([s for s in samples if s.kind == "agent"])
+        return super()._make_round(samples, index)
 
-    def _make_update(self, samples: list[StepSample], gaps: list | None = None) -> _Update:
+    def _make_update(self, samples: list[Sample], gaps: list | None = None) -> Update:
         update = super()._make_update(samples, gaps)
         if self.value_head is not None:
             self._add_value_targets(samples, update)
@@ -125,7 +88,7 @@ class AgentTokenTrainer(AgentGRPOTrainer):
     # Hidden states and prediction errors of completion tokens (NTHR), from one no-grad policy forward
 
     def _completion_features(
-        self, samples: list[StepSample], vocab: list[int]
+        self, samples: list[AgentSample], vocab: list[int]
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
         """Per sample: (hidden (T, d), prediction errors on `vocab` (T, |vocab|)) of its completion tokens,
         under the current weights and TRL's sampling temperature; and the number of forwards run."""
@@ -145,7 +108,7 @@ class AgentTokenTrainer(AgentGRPOTrainer):
             self.accelerator.autocast(),
         ):
             for idx in packed:
-                mb = AgentGRPOTrainer._collate(self, [samples[i] for i in idx])
+                mb = self._collate([samples[i] for i in idx])  # ids and masks are what is read
                 input_ids = torch.cat([mb["prompt_ids"], mb["completion_ids"]], dim=1)
                 attention = torch.cat([mb["prompt_mask"], mb["completion_mask"]], dim=1)
                 hidden = last_hidden(body(input_ids=input_ids, attention_mask=attention, use_cache=False))
@@ -168,23 +131,19 @@ class AgentTokenTrainer(AgentGRPOTrainer):
         with torch.no_grad(), self.accelerator.autocast():
             body(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
-    def _nthr(self, agent: list[StepSample]) -> None:
+    def _nthr(self, agent: list[AgentSample]) -> None:
         """NTHR weights for the negative samples' tokens of every group holding positive and negative samples
-        (`advantages.nthr`), kept for `_collate`."""
+        (`advantages.nthr`), set as the samples' `token_weights`."""
         t0 = time.perf_counter()
         a = self.args
         groups: dict[Any, list[int]] = defaultdict(list)
         won: dict[Any, dict[Any, bool]] = defaultdict(dict)  # group -> episode -> won (Deng et al.'s p)
         for s in agent:
-            if s.record is not None:
-                episodes = won[s.record.group]
-                episodes[s.record.traj] = episodes.get(s.record.traj, False) or bool(s.record.won)
+            episodes = won[s.record.group]
+            episodes[s.record.traj] = episodes.get(s.record.traj, False) or bool(s.record.won)
         for i, s in enumerate(agent):
-            keep = (
-                s.completion_ids and s.weight != 0 and not (s.truncated and self.mask_truncated_completions)
-            )
-            if keep and s.advantage != 0:
-                groups[s.record.group if s.record is not None else -1].append(i)
+            if carries_loss(s, self.mask_truncated_completions) and s.advantage != 0:
+                groups[s.record.group].append(i)
         forwards, used, selected, tokens, tau_sum, eta_sum = 0, 0, 0, 0, 0.0, 0.0
         for idx in groups.values():
             pos = [i for i in idx if agent[i].advantage > 0]
@@ -199,27 +158,27 @@ class AgentTokenTrainer(AgentGRPOTrainer):
                 [g for _, g in feats[: len(pos)]],
                 [h for h, _ in feats[len(pos) :]],
                 [g for _, g in feats[len(pos) :]],
-                p=group_success_rate(won.get(agent[idx[0]].record.group if agent[idx[0]].record else -1)),
+                p=group_success_rate(won.get(agent[idx[0]].record.group)),
                 beta=a.nthr_beta,
                 eta=a.nthr_eta,
             )
             for i, w in zip(neg, res.weights):
-                self._token_weights[id(agent[i])] = w.cpu()
+                agent[i].token_weights = w.cpu()
             used += 1
             selected += res.selected
             tokens += res.tokens
             tau_sum += res.tau
             eta_sum += res.eta
-        for _ in range(self._max_over_processes(forwards) - forwards):
+        for _ in range(dist.max_over_processes(self.accelerator, forwards) - forwards):
             self._dummy_forward()
         stats = torch.tensor(
             [used, len(groups), selected, tokens, tau_sum, eta_sum, time.perf_counter() - t0],
             dtype=torch.float64,
             device=self.accelerator.device,
         )
-        if self.accelerator.num_processes > 1:
-            stats = self.accelerator.reduce(stats, reduction="sum")
-        used, n_groups, selected, tokens, tau_sum, eta_sum, seconds = stats.tolist()
+        used, n_groups, selected, tokens, tau_sum, eta_sum, seconds = dist.reduce(
+            self.accelerator, stats
+        ).tolist()
         m = self._metrics["train"]
         m["nthr/groups_mixed"].append(used)
         m["nthr/groups"].append(n_groups)
@@ -259,23 +218,20 @@ class AgentTokenTrainer(AgentGRPOTrainer):
         if self._capture_hidden:
             self._hidden = last_hidden(output)
 
-    def _label_steps(self, agent: list[StepSample], index: int) -> None:
-        """The GCD rule labels of the round's steps (`gcd.labels`), kept for `_add_value_targets`."""
-        from gcd_trl.gcd.labels import label_records
+    @staticmethod
+    def _value_label(s: Sample) -> int:
+        """An agent step's rule label as the head's target (-1: none; judge samples and dropped steps)."""
+        if s.kind != "agent" or s.label is None or not s.completion_ids or s.weight == 0:
+            return -1
+        return int(s.label)
 
-        keep = [s for s in agent if s.record is not None and s.completion_ids and s.weight != 0]
-        labelled = label_records([{**s.record.to_dict(), "round": index} for s in keep])
-        for s, r in zip(keep, labelled):
-            if r.get("label") is not None:
-                self._value_labels[id(s)] = int(r["label"])
-
-    def _add_value_targets(self, samples: list[StepSample], update: _Update) -> None:
+    def _add_value_targets(self, samples: list[Sample], update: Update) -> None:
         """Per micro-batch row: label (-1: none), the last completion token's position, the class weight that
         makes the update's loss a weighted mean over its labelled steps on all processes."""
         device = self.accelerator.device
-        labels = [self._value_labels.get(id(s), -1) for s in samples]
-        good, bad = self._sum_over_processes([labels.count(1), labels.count(0)])
-        weights = class_weights([1] * good + [0] * bad, bool(self.args.value_head_class_balance))
+        labels = [self._value_label(s) for s in samples]
+        good, bad = dist.sum_over_processes(self.accelerator, [labels.count(1), labels.count(0)], torch.long)
+        weights = class_weights([1] * int(good) + [0] * int(bad), bool(self.args.value_head_class_balance))
         for idx, mb in zip(update.plan, update.microbatches):
             width = mb["prompt_ids"].size(1)
             rows = [labels[i] for i in idx] or [-1]
@@ -325,12 +281,10 @@ class AgentTokenTrainer(AgentGRPOTrainer):
         params = list(self.value_head.parameters())
         if acc.num_processes > 1:
             for p in params:
-                grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                p.grad = acc.reduce(grad, reduction="mean")
+                p.grad = dist.reduce(acc, p.grad if p.grad is not None else torch.zeros_like(p), "mean")
         self.value_head_optimizer.step()
         self.value_head_optimizer.zero_grad(set_to_none=True)
-        stats = acc.reduce(self._vh_stats, reduction="sum") if acc.num_processes > 1 else self._vh_stats
-        stats = stats.tolist()
+        stats = dist.reduce(acc, self._vh_stats).tolist()
         self._vh_stats.zero_()
         m = self._metrics["train"]
         if stats[0] + stats[2]:
@@ -348,11 +302,8 @@ class AgentTokenTrainer(AgentGRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         if self.value_head is not None and self.args.should_save:
-            folder = (
-                Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save(self.value_head_optimizer.state_dict(), folder / VALUE_HEAD_OPTIMIZER)
+            folder = Path(self._checkpoint_folder(trial))
+            checkpoints.save_optimizer(folder / VALUE_HEAD_OPTIMIZER, self.value_head_optimizer)
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -367,4 +318,4 @@ class AgentTokenTrainer(AgentGRPOTrainer):
                 "checkpoint was written without value_head_coef"
             )
         self.value_head.load(path)
-        self.value_head_optimizer.load_state_dict(torch.load(opt, map_location=self.accelerator.device))
+        checkpoints.load_optimizer(opt, self.value_head_optimizer, self.accelerator.device)

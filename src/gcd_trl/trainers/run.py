@@ -1,0 +1,144 @@
+"""An RL run from its config: check everything that needs no model, build the trainer the config asks for,
+train, save. `gcd-trl rl` is `prepare` then `train`.
+
+    train_args, env_args, gcd_args, model_args, tasks = prepare(["--config", "configs/rl/FILE.yaml"])
+    train(train_args, env_args, gcd_args, model_args, tasks)
+
+`prepare` fails in seconds with a `ConfigError` naming the problem (config keys and types, report_to
+packages, the prompt template, the model path, parameter precision, the checkpoint to resume, the tasks);
+files written before training (generated games) are written once, by the main process first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from gcd_trl.config import ConfigError, check_model_path, check_report_to, check_training_precision
+from gcd_trl.dist import is_main_process, print_once
+from gcd_trl.rollout.settings import build_eval_tasks, build_tasks
+
+LOG = "gcd-trl rl"
+
+
+def trainer_class(args) -> type:
+    """The trainer a run config asks for: PPO for gae; the token-level trainer for NTHR or the value head;
+    else AgentGRPOTrainer."""
+    if args.advantage_estimator == "gae":
+        from gcd_trl.trainers.ppo import AgentPPOTrainer
+
+        return AgentPPOTrainer
+    if getattr(args, "nthr", False) or getattr(args, "value_head_coef", 0.0) > 0:
+        from gcd_trl.trainers.token import AgentTokenTrainer
+
+        return AgentTokenTrainer
+    from gcd_trl.trainers.grpo import AgentGRPOTrainer
+
+    return AgentGRPOTrainer
+
+
+def prepare(argv: list[str]):
+    """Parse and check everything that needs no model. Returns (train, env, gcd, model_args, tasks)."""
+    from gcd_trl.trainers.checkpoints import resolve_resume
+    from gcd_trl.trainers.grpo_config import parse_rl_config
+
+    train, env, gcd, model_args = parse_rl_config(argv)
+    if train.hub_token:
+        raise ConfigError(
+            "hub_token must not be written in a config or on the command line: export HF_TOKEN instead"
+        )
+    check_report_to(train.report_to)
+    env.load_template()
+    check_model_path(model_args.model_name_or_path)
+    check_training_precision(train, model_args, train.low_precision_parameters)
+    try:  # which checkpoint, decided now: an incomplete newest one falls back to the previous one
+        train.resume_from_checkpoint = resolve_resume(train.resume_from_checkpoint, train.output_dir)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    tasks = build_tasks(env, LOG)
+    if env.eval_split:
+        build_eval_tasks(env)  # a missing or empty eval split fails now, not after the model loads
+    print_once(
+        f"{LOG}: {len(tasks)} {env.environment} tasks (split {env.split}, part {env.part}"
+        + (f", from {env.resolved_data_dir()}" if env.environment == "alfworld" else "")
+        + f"), {train.tasks_per_round} per round on {train.world_size} process(es)"
+    )
+    per_process = train.tasks_per_round // train.world_size
+    if len(tasks) < per_process:
+        print_once(
+            f"note: {len(tasks)} tasks < {per_process} tasks per round per process: tasks repeat within a round"
+        )
+    return train, env, gcd, model_args, tasks
+
+
+def set_torch_threads(use_cpu: bool) -> None:
+    """CPU: OMP_NUM_THREADS torch threads, else min(2, CPUs) (the env workers need the other cores). GPU:
+    cuDNN's fused attention off: it returns NaN for the fully masked rows of left-padded prompts in bf16,
+    and its backward turns them into NaN gradients (seen on an H100, torch 2.11); the other SDPA kernels
+    handle those rows."""
+    import torch
+
+    if use_cpu or not torch.cuda.is_available():
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(threads) if threads.isdigit() else max(1, min(2, os.cpu_count() or 1)))
+    else:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def build_trainer(train_args, env_args, gcd_args, model_args, tasks):
+    """The trainer for a prepared config (`trainer_class`; the model loads here)."""
+    from datasets import Dataset
+    from trl import get_peft_config, get_quantization_config
+
+    set_torch_threads(train_args.use_cpu)
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    model_init_kwargs.update(train_args.model_init_kwargs or {})
+    train_args.model_init_kwargs = model_init_kwargs
+    dataset = Dataset.from_list([t.to_dict() for t in tasks])
+    eval_tasks = build_eval_tasks(env_args)
+    return trainer_class(train_args)(
+        model_args.model_name_or_path,
+        args=train_args,
+        train_dataset=dataset,
+        eval_dataset=Dataset.from_list([t.to_dict() for t in eval_tasks]) if eval_tasks else None,
+        env_args=env_args,
+        gcd_args=gcd_args,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+
+
+def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
+    """Build the trainer, run it, save the model and its card (and push them when asked)."""
+    import torch
+
+    trainer = build_trainer(train_args, env_args, gcd_args, model_args, tasks)
+    try:
+        trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
+        trainer.save_model(train_args.output_dir)
+        trainer.save_state()  # trainer_state.json: the logged curves (the demo report plots them)
+        trainer.create_model_card(model_name=Path(train_args.output_dir).name)
+        if train_args.push_to_hub:
+            trainer.push_to_hub()  # the card names the env and split; they are not Hub datasets
+    finally:
+        trainer.close()
+        end_trackers(trainer)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # vLLM colocate leaves one behind
+
+
+def end_trackers(trainer) -> None:
+    """Finish the experiment trackers, as `Trainer.end()` does (accelerate's trackers), plus a wandb run that
+    transformers leaves open after training, so the run is marked finished, not crashed."""
+    try:
+        trainer.accelerator.end_training()
+    except Exception as err:  # a tracker that fails to close must not hide the run's own outcome
+        print_once(f"{LOG}: closing the trackers failed: {err}")
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None and is_main_process():
+        wandb.finish()
