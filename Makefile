@@ -35,12 +35,12 @@ bench: setup
 	bash scripts/bench.sh
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks experiments scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks experiments scripts
+	$(VENV)/bin/ruff check src tests benchmarks experiments scripts demo
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments scripts demo
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks experiments scripts
-	$(VENV)/bin/ruff format src tests benchmarks experiments scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments scripts demo
+	$(VENV)/bin/ruff format src tests benchmarks experiments scripts demo
 
 rl: setup
 	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m gcd_trl rl --config $(CONFIG)
@@ -87,7 +87,7 @@ ANALYZE_ARGS ?= --quick
 analyze: setup  # the paper's diagnostics on a run's checkpoints and rollouts (a demo folder: its GCD run, into its report)
 	@if [ -d $(RUN)/rl_gigpo_gcd ]; then \
 		$(PY) -m gcd_trl analyze all --run $(RUN)/rl_gigpo_gcd --base $(RUN)/sft --out $(RUN)/analysis $(ANALYZE_ARGS) && \
-		$(PY) -m gcd_trl.demo --out $(RUN); \
+		$(PY) -m demo --out $(RUN); \
 	else $(PY) -m gcd_trl analyze all --run $(RUN) $(ANALYZE_ARGS); fi
 
 clean:

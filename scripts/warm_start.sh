@@ -5,13 +5,14 @@
 #   -> closed-loop evaluation on held-out games of each room size, written into its provenance.json.
 # data/README.md has the shipped checkpoint's numbers. About 2 h on 2 idle cores (SFT ~75 min).
 # SFT_ARGS="--num_threads 1" passes overrides to `gcd-trl sft` (e.g. while the machine does other work).
-# outputs/warm_start holds everything but the export (the SFT config names its datasets there); a rerun
-# reuses finished steps.
+# Games and SFT rows go to data/alfworld/warm_start/ (the SFT config names them there), the tiny model, the
+# SFT run and the closed-loop check to outputs/warm_start/; a rerun reuses finished steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-.venv/bin/python}
 WORK=outputs/warm_start
+DATA=data/alfworld/warm_start
 DEST=${DEST:-data/warm_start}
 TYPES=(1 2)
 # room size : games : seed (seeds no demo or `make data` set uses)
@@ -33,7 +34,7 @@ games() {  # folder, room size, count, seed
 pids=()
 for s in "${SETS[@]}"; do
   IFS=: read -r k n seed <<<"$s"
-  games "$WORK/games/k$k" "$k" "$n" "$seed" & pids+=($!)
+  games "$DATA/games/k$k" "$k" "$n" "$seed" & pids+=($!)
   if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
 for p in "${pids[@]}"; do wait "$p"; done
@@ -41,9 +42,9 @@ echo "warm-start: games done ($(( $(date +%s) - start )) s)"
 
 for s in "${SETS[@]}"; do
   IFS=: read -r k n seed <<<"$s"
-  agent="$WORK/agent_sft_k$k" judge="$WORK/judge_sft_k$k"
+  agent="$DATA/agent_sft_k$k" judge="$DATA/judge_sft_k$k"
   if [ ! -f "$agent/summary.json" ]; then
-    $PY -m gcd_trl data agent-sft --games "$WORK/games/k$k" --prompt_template alfworld_compact --think short \
+    $PY -m gcd_trl data agent-sft --games "$DATA/games/k$k" --prompt_template alfworld_compact --think short \
       --recovery_episodes 2 --perturbations repeat absent irrelevant invalid --workers 2 --seed "$seed" \
       --tokenizer "$WORK/tiny-model" --quiet --output_dir "$agent" >/dev/null
   fi
@@ -59,15 +60,15 @@ if [ ! -f "$WORK/sft/config.json" ]; then
     --model_name_or_path "$WORK/tiny-model" --output_dir "$WORK/sft" ${SFT_ARGS:-}
 fi
 echo "warm-start: SFT done ($(( $(date +%s) - start )) s)"
-$PY scripts/warm_start_export.py export --sft "$WORK/sft" --work "$WORK" --out "$DEST" \
+$PY scripts/warm_start_export.py export --sft "$WORK/sft" --work "$DATA" --out "$DEST" \
   --seconds $(( $(date +%s) - start ))
 
 # the closed loop, greedy, one episode a game: the numbers data/README.md quotes
 for s in "${HELDOUT[@]}"; do
   IFS=: read -r k steps <<<"$s"
-  games "$WORK/heldout/k$k" "$k" 80 2
+  games "$DATA/heldout/k$k" "$k" 80 2
   $PY -m gcd_trl eval --policy model --model_name_or_path "$DEST" --label "warm start" --environment alfworld \
-    --data_dir "$WORK/heldout/k$k" --split all --prompt_template alfworld_compact --history_length 2 \
+    --data_dir "$DATA/heldout/k$k" --split all --prompt_template alfworld_compact --history_length 2 \
     --max_new_tokens 32 --max_episode_steps "$steps" --num_envs 8 --seed 0 \
     --output_dir "$WORK/eval/k$k" >/dev/null 2>"$WORK/eval_k$k.log"
 done

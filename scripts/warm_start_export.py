@@ -34,11 +34,17 @@ def _games(folder: Path) -> dict:
     from gcd_trl.envs.alfworld_gen import describe_games, folder_games, folder_max_receptacles
 
     found = folder_games(folder)
-    return {"games": len(found), "described": describe_games(found), "max_receptacles": folder_max_receptacles(found)}
+    return {
+        "games": len(found),
+        "described": describe_games(found),
+        "max_receptacles": folder_max_receptacles(found),
+    }
 
 
 def _last_state(sft: Path) -> dict:
-    states = sorted(sft.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    states = sorted(
+        sft.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
+    )
     if not states:
         return {}
     state = json.loads(states[-1].read_text())
@@ -69,9 +75,13 @@ def export(args: argparse.Namespace) -> int:
     data = {}
     for folder in sorted(work.glob("agent_sft_*")) + sorted(work.glob("judge_sft_*")):
         summary = _summary(folder)
-        data[folder.name] = {k: summary.get(k) for k in ("rows", "tokens", "episodes", "good", "bad") if k in summary}
+        data[folder.name] = {
+            k: summary.get(k) for k in ("rows", "tokens", "episodes", "good", "bad") if k in summary
+        }
     games = {d.name: _games(d) for d in sorted((work / "games").glob("*")) if d.is_dir()}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     provenance = {
         "command": "make warm-start",
         "config": CONFIG,
@@ -122,7 +132,9 @@ def closed_loop(args: argparse.Namespace) -> int:
     provenance["closed_loop"] = rows
     path.write_text(json.dumps(provenance, indent=2) + "\n")
     for name, row in rows.items():
-        print(f"{name}: {row['success']}/{row['episodes']} won, {100 * row['admissible_rate']:.1f}% admissible")
+        print(
+            f"{name}: {row['success']}/{row['episodes']} won, {100 * row['admissible_rate']:.1f}% admissible"
+        )
     return 0
 
 

@@ -19,8 +19,10 @@ from pathlib import Path
 FIXTURES = Path(__file__).with_name("fixtures")
 _ADMISSIBLE = re.compile(r"admissible actions of the current situation are: \[(.*)\]\.", re.S)
 # metrics that measure the machine, not the run
-_VOLATILE = re.compile(r"^(time/|timing/|step_time|train_runtime|train_samples_per_second|"
-                       r"train_steps_per_second|total_flos|.*_seconds$|.*per_second$)")
+_VOLATILE = re.compile(
+    r"^(time/|timing/|step_time|train_runtime|train_samples_per_second|"
+    r"train_steps_per_second|total_flos|.*_seconds$|.*per_second$)"
+)
 
 
 def scripted(trainer, seed: int = 0):
@@ -139,13 +141,37 @@ def record(kind: str, model_dir: str, work: Path, tasks: list[dict], pool) -> di
     trainer = _trainer(kind, model_dir, out, tasks, pool)
     trainer.train()
     steps = read_steps(out / "rollouts")
-    steps.sort(key=lambda r: (r.get("round", 0), r.get("kind", "agent"), str(r["group"]), str(r["traj"]),
-                              r["step"], r["completion"]))
-    keep = ("round", "kind", "group", "traj", "step", "anchor", "action", "valid", "reason", "admissible",
-            "env_reward", "done", "won", "advantage", "label", "label_source", "judge_reward", "completion")
-    logs = [
-        {k: v for k, v in row.items() if not _VOLATILE.match(k)} for row in trainer.state.log_history
-    ]
+    steps.sort(
+        key=lambda r: (
+            r.get("round", 0),
+            r.get("kind", "agent"),
+            str(r["group"]),
+            str(r["traj"]),
+            r["step"],
+            r["completion"],
+        )
+    )
+    keep = (
+        "round",
+        "kind",
+        "group",
+        "traj",
+        "step",
+        "anchor",
+        "action",
+        "valid",
+        "reason",
+        "admissible",
+        "env_reward",
+        "done",
+        "won",
+        "advantage",
+        "label",
+        "label_source",
+        "judge_reward",
+        "completion",
+    )
+    logs = [{k: v for k, v in row.items() if not _VOLATILE.match(k)} for row in trainer.state.log_history]
     final = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
     weights = load_file(str(final / "model.safetensors"))
     sums = {
@@ -196,6 +222,8 @@ if __name__ == "__main__":
                 result = normalise(record(kind, str(model), work, tasks, pool), work)
                 path = FIXTURES / f"behaviour_{kind}.json"
                 path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-                print(f"wrote {path}: {len(result['steps'])} step records, {len(result['log_history'])} log rows")
+                print(
+                    f"wrote {path}: {len(result['steps'])} step records, {len(result['log_history'])} log rows"
+                )
         finally:
             pool.close()

@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cmd = [sys.executable, "-m", "gcd_trl.demo", "--small", "--out", str(out)]
+    cmd = [sys.executable, "-m", "demo", "--small", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
@@ -68,7 +68,7 @@ def test_small_demo_writes_the_report(small_demo):
 
 def test_second_demo_run_reuses_every_stage(small_demo):
     out, _ = small_demo
-    cmd = [sys.executable, "-m", "gcd_trl.demo", "--small", "--out", str(out)]
+    cmd = [sys.executable, "-m", "demo", "--small", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("reused") >= 10 and "$ " not in proc.stdout
@@ -79,7 +79,7 @@ def test_a_failing_stage_stops_the_demo_with_its_name(tmp_path):
     bad = tmp_path / "data"
     bad.write_text("not a folder")  # the games stages cannot write here
     proc = subprocess.run(
-        [sys.executable, "-m", "gcd_trl.demo", "--small", "--out", str(tmp_path)],
+        [sys.executable, "-m", "demo", "--small", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,7 +89,7 @@ def test_a_failing_stage_stops_the_demo_with_its_name(tmp_path):
 
 
 def test_side_by_side_stages_record_each_one_and_name_the_failure(tmp_path):
-    from gcd_trl.demo.pipeline import Budget, Demo, StageError
+    from demo.pipeline import Budget, Demo, StageError
 
     demo = Demo(tmp_path, Budget.small())
     done = tmp_path / "ok.txt"
@@ -111,7 +111,7 @@ def test_side_by_side_stages_record_each_one_and_name_the_failure(tmp_path):
 
 
 def test_new_rounds_forget_rl_and_eval_only(tmp_path):
-    from gcd_trl.demo.pipeline import _forget_rl_and_eval
+    from demo.pipeline import _forget_rl_and_eval
 
     stages = tmp_path / "stages"
     stages.mkdir()
@@ -131,8 +131,8 @@ def test_new_rounds_forget_rl_and_eval_only(tmp_path):
 def test_from_scratch_plans_the_cold_start_and_refuses_a_mixed_folder(tmp_path, monkeypatch):
     """FROM_SCRATCH=1 keeps the older path (tiny model, make data, a short SFT) and RL starts from that SFT;
     a folder made from the other start is refused, not mixed."""
-    from gcd_trl.demo import pipeline
-    from gcd_trl.demo.pipeline import Budget, Demo
+    from demo import pipeline
+    from demo.pipeline import Budget, Demo
 
     planned = []
     monkeypatch.setattr(

@@ -180,7 +180,7 @@ def test_rules_on_a_real_alfworld_game(tmp_path):
 
 
 def test_nothing_happens_in_two_states_does_not_collide(tmp_path):
-    """"Nothing happens." at the start and again after a move: the raw observations are equal, the states
+    """ "Nothing happens." at the start and again after a move: the raw observations are equal, the states
     are not, so the move between them (progress) is not labelled bad; each useless action is."""
     alfworld_env = pytest.importorskip("gcd_trl.envs.alfworld")
     from gcd_trl.envs.alfworld_gen import generate_games

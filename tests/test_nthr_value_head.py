@@ -90,7 +90,10 @@ def test_value_head_loss_weights_and_metrics():
     assert w == {1: pytest.approx(0.5), 0: pytest.approx(1 / 6)}  # both classes weigh 1/2 in total
     assert class_weights([0, 0], balance=True) == {0: pytest.approx(0.5), 1: 0.0}
     # unbalanced: a plain mean over the labelled steps (17 steps weigh 1 in total, not 17)
-    assert class_weights([1] * 5 + [0] * 12, balance=False) == {0: pytest.approx(1 / 17), 1: pytest.approx(1 / 17)}
+    assert class_weights([1] * 5 + [0] * 12, balance=False) == {
+        0: pytest.approx(1 / 17),
+        1: pytest.approx(1 / 17),
+    }
     assert class_weights([], balance=False) == {0: 0.0, 1: 0.0}
     for balance in (True, False):
         labels = [1] * 5 + [0] * 12

@@ -201,7 +201,9 @@ def test_rl_command_picks_the_trainer():
     assert trainer_class(AgentGRPOConfig(**base, value_head_coef=0.5)) is AgentTokenTrainer
 
 
-def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_tasks, pool, tmp_path, monkeypatch):
+def test_nthr_p_is_the_groups_episode_success_rate(
+    tiny_model_dir, alfworld_tasks, pool, tmp_path, monkeypatch
+):
     """Deng et al.'s p is the share of the group's episodes won, not of its positive step samples: 4 of 8
     episodes won, the 4 failures twice as long, gives p = 0.5 and eta = 2|0.5 - p| = 0."""
     import gcd_trl.trainers.token as token_trainer
@@ -212,15 +214,18 @@ def test_nthr_p_is_the_groups_episode_success_rate(tiny_model_dir, alfworld_task
     seen = []
     real = token_trainer.nthr_weights
     monkeypatch.setattr(token_trainer, "nthr_weights", lambda *a, **k: seen.append(k) or real(*a, **k))
-    ids = trainer.processing_class("<think>x</think><action>look</action>", add_special_tokens=False)["input_ids"]
+    ids = trainer.processing_class("<think>x</think><action>look</action>", add_special_tokens=False)[
+        "input_ids"
+    ]
     samples = []
     for traj in range(8):
         won = traj < 4
         length = 2 if won else 4
         for step in range(length):
             last = step == length - 1
-            record = StepRecord(0, traj, step, f"obs {step}", "p", "c", "look", True, None, "think", 0.0,
-                                last, won and last)
+            record = StepRecord(
+                0, traj, step, f"obs {step}", "p", "c", "look", True, None, "think", 0.0, last, won and last
+            )
             samples.append(AgentSample([1, 2, 3], list(ids), advantage=1.0 if won else -1.0, record=record))
     trainer._nthr(samples)
     positive_share = 8 / (8 + 16)

@@ -42,8 +42,11 @@ def test_bf16_parameters_are_refused_unless_sharded_peft_or_opted_in(tmp_path, m
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     args = type("Args", (), {"deepspeed": None, "fsdp": ""})()
-    with pytest.raises(ConfigError, match=r"dtype: the parameters would be trained in bfloat16 .*dtype: float32.*"
-                       r"bf16: true.*low_precision_parameters: true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dtype: the parameters would be trained in bfloat16 .*dtype: float32.*"
+        r"bf16: true.*low_precision_parameters: true",
+    ):
         check_parameter_precision("bfloat16", args, None, use_peft=False, allowed=False)
     assert check_parameter_precision("float32", args, None, use_peft=False, allowed=False) == "float32"
     assert check_parameter_precision("bfloat16", args, None, use_peft=True, allowed=False) == "bfloat16"
@@ -64,8 +67,12 @@ def test_bf16_parameters_are_refused_unless_sharded_peft_or_opted_in(tmp_path, m
 def test_cli_refuses_bf16_parameters_before_the_model_loads(tmp_path, capsys, tiny_model_dir, command):
     cfg = tmp_path / "run.yaml"
     data = tmp_path / "rows.jsonl"
-    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n')
-    body = f"model_name_or_path: {tiny_model_dir}\ndtype: bfloat16\nbf16: true\nuse_cpu: true\nreport_to: none\n"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n'
+    )
+    body = (
+        f"model_name_or_path: {tiny_model_dir}\ndtype: bfloat16\nbf16: true\nuse_cpu: true\nreport_to: none\n"
+    )
     body += f"output_dir: {tmp_path / 'out'}\n"
     body += f"dataset_path: {data}\n" if command == "sft" else "environment: alfworld\ndata_dir: /no/games\n"
     cfg.write_text(body)

@@ -333,8 +333,15 @@ def test_shape_build_pads_the_embedding_and_saves_bf16(tmp_path, monkeypatch):
 
     import gcd_trl.tiny_model as tm
 
-    small = dict(tm.SHAPES["qwen2.5-7b"], hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=2, num_key_value_heads=1, vocab_size=9000)
+    small = dict(
+        tm.SHAPES["qwen2.5-7b"],
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=9000,
+    )
     monkeypatch.setitem(tm.SHAPES, "small", small)
     out = tm.build_tiny_model(tmp_path / "m", shape="small", with_entity_tokens=True)
     tok = AutoTokenizer.from_pretrained(out)

@@ -1,7 +1,7 @@
 """`make demo`: a warm-started tiny model, RL with and without GCD on a room-size curriculum, evaluation,
 a report; offline on 2 CPU cores.
 
-    python -m gcd_trl.demo [--out runs/demo] [--rounds N] [--fresh] [--small] [--from_scratch] [--correction]
+    python -m demo [--out runs/demo] [--rounds N] [--fresh] [--small] [--from_scratch] [--correction]
     (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1] [FROM_SCRATCH=1] [CORRECTION=1])
 
 Stages (each one a `gcd-trl` command, printed before it runs; a finished stage leaves a marker in
@@ -40,9 +40,8 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]  # the repository (configs/, data/, Makefile)
-WARM_START = ROOT / "data" / "warm_start"
-SCIENCEWORLD_EXPERT_STEPS = 100  # some gold paths are longer than RL's 30 steps
+from demo import ROOT, SCIENCEWORLD_EXPERT_STEPS, WARM_START
+from demo.render import write_report
 
 
 def shown(cmd: list[str]) -> str:
@@ -384,8 +383,6 @@ class Demo:
         self.stage(
             "4 eval ScienceWorld expert", [self.gcd("eval", "--config", str(sw_cfg))], sw / "report.json"
         )
-
-        from gcd_trl.demo.render import write_report
 
         return write_report(self, sw)
 

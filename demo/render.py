@@ -8,8 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from gcd_trl.demo.pipeline import ROOT, SCIENCEWORLD_EXPERT_STEPS
-from gcd_trl.demo.report import (
+from demo import ROOT, SCIENCEWORLD_EXPERT_STEPS
+from demo.report import (
     by_type_table,
     judge_rounds,
     plot_by_type,

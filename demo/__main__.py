@@ -1,0 +1,5 @@
+import sys
+
+from demo.pipeline import main
+
+sys.exit(main())

@@ -1,1 +1,0 @@
-"""`make demo`: the paper's pipeline end to end on one CPU machine, offline (see `pipeline.py`)."""

@@ -1,5 +1,0 @@
-import sys
-
-from gcd_trl.demo.pipeline import main
-
-sys.exit(main())
