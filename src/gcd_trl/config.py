@@ -1,6 +1,6 @@
 """What every configuration shares: `ConfigError`, the checks that name a key, the YAML reader that
-rejects unknown keys and wrongly typed values, and the checks made before a model loads (parameter
-precision, model path).
+rejects unknown keys and wrongly typed values, and the checks made before a model loads (a model given at
+all, parameter precision, model path, a writable output folder).
 
 The dataclasses live beside what they configure: `rollout.settings.EnvArguments` (the env, split and
 prompt), `gcd.args.GCDArguments` (the judge task and golden rules), `trainers.grpo_config` (the RL run:
@@ -36,6 +36,12 @@ def check_choice(name: str, value: Any, choices: Sequence) -> None:
 def check_at_least(name: str, value: float | None, low: float) -> None:
     if value is not None and value < low:
         raise ConfigError(f"{name}={value!r} must be >= {low}")
+
+
+def check_at_most(name: str, value: float | None, high: float, why: str) -> None:
+    """An upper bound on a size that costs processes or memory; `why` says what the bound protects."""
+    if value is not None and value > high:
+        raise ConfigError(f"{name}={value!r} must be <= {high}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +275,58 @@ def check_model_path(name: str) -> None:
             raise ConfigError(
                 f"model_name_or_path {name}: not a directory, and not in the hub cache (HF_HUB_OFFLINE=1)"
             )
+
+
+def check_model_given(argv: Sequence[str], command: str = "rl") -> None:
+    """`model_name_or_path` must come from `--config FILE` or the command line. Checked on the raw argv,
+    before TRL is imported: without it TrainingArguments fails first, after seconds of imports, on an
+    unrelated default (bf16 without a GPU) that never says the model is missing."""
+    import yaml
+
+    argv = list(argv)
+    if any(a == "--model_name_or_path" or a.startswith("--model_name_or_path=") for a in argv):
+        return
+    if "--config" not in argv:
+        raise ConfigError(
+            f"no run config and no model: give --config FILE (e.g. configs/{command}/...yaml) or at least "
+            f"--model_name_or_path DIR (`gcd-trl {command} -h` lists every key)"
+        )
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise ConfigError("--config needs a file path")
+    path = Path(argv[i + 1])
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict) or not data.get("model_name_or_path"):
+        raise ConfigError(
+            f"{path}: model_name_or_path is not set (the model to train: a saved model folder or a Hub "
+            "id); set it in the file or pass --model_name_or_path"
+        )
+
+
+def check_writable_dir(key: str, folder: str | os.PathLike) -> None:
+    """Before a model loads: `folder` (or, when it does not exist yet, the folder it would be created in)
+    must take a new file. Probed by creating and removing a temporary file, which catches what mode bits
+    do not: a read-only file system, a full quota, root squash. Raises ConfigError naming `key`."""
+    import tempfile
+
+    path = Path(folder).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key} {path}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gcd-trl-write-probe-", dir=existing)
+    except OSError as err:
+        where = "" if existing == path else f" (it would be created in {existing})"
+        raise ConfigError(f"{key} {path}: cannot write there{where}: {err.strerror or err}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # report_to value -> (module to import, how to install it)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gcd_trl.config import ConfigError, check_at_least, check_choice
+from gcd_trl.config import ConfigError, check_at_least, check_at_most, check_choice
 from gcd_trl.envs.alfworld import EXPERTS as ALFWORLD_EXPERTS
 from gcd_trl.envs.base import ENV_NAMES, EnvSpec
 from gcd_trl.envs.splits import ALFWORLD_ALL, LEVELS, PARTS
@@ -20,6 +20,17 @@ from gcd_trl.rollout.episode import INVALID_FEEDBACK
 from gcd_trl.rollout.parse import INADMISSIBLE_MODES
 
 SPLITS = (*LEVELS, ALFWORLD_ALL)  # "all": every game under data_dir (ALFWorld)
+# upper bounds on sizes that cost processes or memory, each with the reason the error gives
+MAX_NUM_ENVS = 256
+NUM_ENVS_WHY = (
+    "each env worker is a process (ScienceWorld's with its own JVM, jvm_heap each); episodes beyond the "
+    "workers queue for a free one, so more workers only exhaust processes and memory"
+)
+MAX_EPISODE_STEPS = 1000
+EPISODE_STEPS_WHY = (
+    "the paper's episodes take 30 (ALFWorld) to 100 (ScienceWorld expert paths) steps, and every step is "
+    "a training sample, so a round could hold tasks_per_round x num_generations x this many"
+)
 
 
 @dataclass
@@ -137,11 +148,13 @@ class EnvArguments:
         check_choice("part", self.part, PARTS)
         check_choice("alfworld_expert", self.alfworld_expert, ALFWORLD_EXPERTS)
         check_at_least("max_episode_steps", self.max_episode_steps, 1)
+        check_at_most("max_episode_steps", self.max_episode_steps, MAX_EPISODE_STEPS, EPISODE_STEPS_WHY)
         check_at_least("history_length", self.history_length, -1)
         check_at_least("reasoning_history", self.reasoning_history, 0)
         check_choice("inadmissible_action", self.inadmissible_action, INADMISSIBLE_MODES)
         check_choice("invalid_feedback", self.invalid_feedback, INVALID_FEEDBACK)
         check_at_least("num_envs", self.num_envs, 1)
+        check_at_most("num_envs", self.num_envs, MAX_NUM_ENVS, NUM_ENVS_WHY)
         check_at_least("max_tasks", self.max_tasks, 1)
         check_at_least("step_timeout", self.step_timeout, 0.001)
         check_at_least("reset_timeout", self.reset_timeout, 0.001)

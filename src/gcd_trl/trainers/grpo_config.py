@@ -20,9 +20,21 @@ from typing import Any
 from trl import GRPOConfig, ModelConfig
 
 from gcd_trl.advantages.common import GRPO_FAMILY, RUN_FIELDS, AdvantageConfig, AdvantageConfigError
-from gcd_trl.config import ConfigError, check_at_least, low_precision_field, parse_dataclasses
+from gcd_trl.config import (
+    ConfigError,
+    check_at_least,
+    check_at_most,
+    low_precision_field,
+    parse_dataclasses,
+)
 from gcd_trl.gcd.args import GCDArguments
-from gcd_trl.rollout.settings import EnvArguments
+from gcd_trl.rollout.settings import MAX_NUM_ENVS, EnvArguments
+
+MAX_TASKS_PER_ROUND = 100_000
+TASKS_PER_ROUND_WHY = (
+    "a round keeps tasks_per_round x num_generations episodes and all their step samples in memory, and a "
+    "process generates for its share at once (TRL sizes vLLM's max_num_seqs from it); the paper uses 16"
+)
 
 
 @dataclass
@@ -157,6 +169,7 @@ class AgentGRPOConfig(GRPOConfig):
     def __post_init__(self) -> None:
         check_advantage_fields(self)
         check_at_least("tasks_per_round", self.tasks_per_round, 1)
+        check_at_most("tasks_per_round", self.tasks_per_round, MAX_TASKS_PER_ROUND, TASKS_PER_ROUND_WHY)
         check_at_least("max_tokens_per_microbatch", self.max_tokens_per_microbatch, 16)
         check_at_least("omega", self.omega, 0.0)
         check_at_least("ppo_mini_batch_size", self.ppo_mini_batch_size, 1)
@@ -294,6 +307,12 @@ def check_combination(
             "advantage_estimator=rlvmr rewards meta-reasoning tags: it needs meta_reasoning=true"
         )
     num_envs = env.num_envs or train.tasks_per_process * train.num_generations
+    if num_envs > MAX_NUM_ENVS:  # only the derived default can get here; EnvArguments bounds num_envs
+        raise ConfigError(
+            f"num_envs defaults to tasks per round per process x num_generations = {num_envs} env worker "
+            f"processes, over the limit of {MAX_NUM_ENVS}: set num_envs <= {MAX_NUM_ENVS} (episodes queue "
+            "for a free worker) or lower tasks_per_round"
+        )
     if num_envs < train.num_generations:
         raise ConfigError(
             f"num_envs={num_envs} cannot hold one group of num_generations={train.num_generations} episodes"

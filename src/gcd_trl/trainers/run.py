@@ -4,8 +4,9 @@ train, save. `gcd-trl rl` is `prepare` then `train`.
     train_args, env_args, gcd_args, model_args, tasks = prepare(["--config", "configs/rl/FILE.yaml"])
     train(train_args, env_args, gcd_args, model_args, tasks)
 
-`prepare` fails in seconds with a `ConfigError` naming the problem (config keys and types, report_to
-packages, the prompt template, the model path, parameter precision, the checkpoint to resume, the tasks);
+`prepare` fails in seconds with a `ConfigError` naming the problem (a missing model, config keys and
+types, an output_dir that cannot be written, report_to packages, the prompt template, the model path,
+parameter precision, the checkpoint to resume, the tasks);
 files written before training (generated games) are written once, by the main process first.
 """
 
@@ -15,7 +16,14 @@ import os
 import sys
 from pathlib import Path
 
-from gcd_trl.config import ConfigError, check_model_path, check_report_to, check_training_precision
+from gcd_trl.config import (
+    ConfigError,
+    check_model_given,
+    check_model_path,
+    check_report_to,
+    check_training_precision,
+    check_writable_dir,
+)
 from gcd_trl.dist import is_main_process, print_once
 from gcd_trl.rollout.settings import build_eval_tasks, build_tasks
 
@@ -40,10 +48,12 @@ def trainer_class(args) -> type:
 
 def prepare(argv: list[str]):
     """Parse and check everything that needs no model. Returns (train, env, gcd, model_args, tasks)."""
+    check_model_given(argv)  # before TRL is imported: `gcd-trl rl` alone fails in a second
     from gcd_trl.trainers.checkpoints import resolve_resume
     from gcd_trl.trainers.grpo_config import parse_rl_config
 
     train, env, gcd, model_args = parse_rl_config(argv)
+    check_writable_dir("output_dir", train.output_dir)  # not after the model loads and a round has run
     if train.hub_token:
         raise ConfigError(
             "hub_token must not be written in a config or on the command line: export HF_TOKEN instead"
