@@ -8,6 +8,8 @@ import json
 import math
 import random
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -495,38 +497,67 @@ def test_mini_batches_take_several_optimizer_steps_per_round(
     assert seq_b[0] == seq_a[0] and trainer_b.state.global_step == 4
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# what a kill, a full disk or a deleted file can leave of the newest checkpoint, and what the warning names
+CHECKPOINT_FAULTS = [
+    (lambda c: (c / "task_sampler.json").unlink(), "no task_sampler.json"),
+    (lambda c: _truncate(c / "model.safetensors"), "model.safetensors is truncated"),
+    (lambda c: (c / "optimizer.pt").unlink(), "no optimizer.pt (the optimizer and learning-rate schedule"),
+    (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt does not load"),
+    (lambda c: (c / "scheduler.pt").unlink(), "no scheduler.pt"),
+    (lambda c: _truncate(c / "trainer_state.json"), "trainer_state.json does not load (half-written?"),
+    (lambda c: _truncate(c / "rng_state.pth"), "rng_state.pth does not load"),
+]
+
+
 def test_resume_falls_back_from_a_half_written_checkpoint(
     tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path, capsys
 ):
-    """A kill while saving leaves the newest checkpoint without its state: `resume_from_checkpoint: true`
-    takes the previous complete one (saying so), and an explicit incomplete path is refused by name."""
+    """A kill while saving leaves the newest checkpoint with a file missing, cut short or half-written:
+    `resume_from_checkpoint: true` takes the previous complete one with a warning naming the file, an
+    explicit incomplete path is refused by name, and the resumed run restores the optimizer and schedule."""
     from gcd_trl.trainers.checkpoints import resolve_resume
 
+    common = dict(tasks_per_round=1, max_steps=2, lr_scheduler_type="linear")
     trainer = make_trainer(
         tiny_model_dir,
         tmp_path,
         alfworld_tasks,
         alfworld_pool,
-        tasks_per_round=1,
-        max_steps=2,
         save_strategy="steps",
         save_steps=1,
+        **common,
     )
     trainer._generate_turn = scripted_policy(trainer)
     trainer.train()
-    (tmp_path / "checkpoint-2" / "task_sampler.json").unlink()  # as if killed mid-save
-    assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-1")
-    assert "checkpoint-2 is incomplete (no task_sampler.json" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="checkpoint-2 is incomplete"):
-        resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path)
+    lr = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    newest, kept = tmp_path / "checkpoint-2", tmp_path / "kept"
+    assert resolve_resume(True, tmp_path) == str(newest)  # complete: every file loads
+    shutil.copytree(newest, kept)
+    for fault, message in CHECKPOINT_FAULTS:
+        fault(newest)
+        capsys.readouterr()
+        assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-1"), message
+        out = capsys.readouterr().out
+        assert "warning: skipping" in out and message in out, out
+        assert f"resuming from {tmp_path / 'checkpoint-1'}" in out
+        with pytest.raises(ValueError, match=f"checkpoint-2 is incomplete: .*{re.escape(message)}"):
+            resolve_resume(str(newest), tmp_path)
+        shutil.rmtree(newest)
+        shutil.copytree(kept, newest)
+    shutil.rmtree(kept)
+    (newest / "optimizer.pt").unlink()  # the case that used to resume silently with a fresh optimizer
     assert resolve_resume(True, tmp_path / "fresh") is None
-    resumed = make_trainer(
-        tiny_model_dir, tmp_path, alfworld_tasks, alfworld_pool, tasks_per_round=1, max_steps=2
-    )
+    resumed = make_trainer(tiny_model_dir, tmp_path, alfworld_tasks, alfworld_pool, **common)
     resumed._generate_turn = scripted_policy(resumed)
     resumed.train(resume_from_checkpoint=resolve_resume("last", tmp_path))
     assert resumed.state.global_step == 2
     assert "resuming from" in capsys.readouterr().out
+    again = {h["step"]: h["learning_rate"] for h in resumed.state.log_history if "learning_rate" in h}
+    assert again[2] == pytest.approx(lr[2])  # the schedule went on from checkpoint-1, not from the start
 
 
 def test_max_rounds_stops_after_the_last_rounds_optimizer_steps(

@@ -1,10 +1,15 @@
 """Checkpoints of an RL run: what the trainers add to a checkpoint folder, and which checkpoint a run can
 resume from, decided before any model loads.
 
-`AgentGRPOTrainer` writes its own state files into a checkpoint folder first and lets Trainer write
-`trainer_state.json` last (after the weights and the optimizer, before it prunes older checkpoints), so a
-folder holding both is complete; a kill while saving leaves an incomplete newest folder next to the
-previous complete one, and resuming falls back to that one with a message.
+A checkpoint is complete when every file resuming reads would load: the weights (each safetensors file's
+header and data all there), the optimizer and scheduler (torch zip archives with their central directory,
+which a truncated file loses), `trainer_state.json` and our state files (JSON that parses; transformers
+writes `trainer_state.json` in place, so a kill can leave half of it). These are structural checks, cheap
+beside a real load (a 7B model's optimizer is ~56 GB). A kill while saving, a full disk or a deleted file
+leaves an incomplete newest folder next to the previous complete one, and resuming falls back to that one
+with a warning naming what was wrong; without the fallback Trainer would raise `SafetensorError` or
+`JSONDecodeError` after the model loads, or, with `optimizer.pt` gone, silently restart the optimizer and
+the learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +30,99 @@ CHECKPOINT_FILES = ("trainer_state.json", SAMPLER_STATE_NAME)
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
-def checkpoint_problem(folder: str | os.PathLike) -> str | None:
-    """Why a checkpoint folder cannot be resumed (the missing file, named), or None when it can."""
-    if not Path(folder).is_dir():
-        return f"{folder}: no such checkpoint directory"
-    missing = [name for name in CHECKPOINT_FILES if not (Path(folder) / name).is_file()]
-    if missing:
-        return f"{folder} is incomplete (no {missing[0]}: killed while saving, or not written by gcd-trl)"
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
+WEIGHT_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHT_FILES = ("pytorch_model.bin", "adapter_model.bin")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file would not load (a header or data cut short), or None. Reads only the header."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes, no header)"
+            (length,) = struct.unpack("<Q", head)
+            if 8 + length > size:
+                return f"{path.name} is truncated ({size} bytes, its header alone needs {8 + length})"
+            header = json.loads(f.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        return f"{path.name} does not load ({type(err).__name__}: {err})"
+    if 8 + length + end > size:
+        return f"{path.name} is truncated ({size} of {8 + length + end} bytes)"
     return None
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """Why a `torch.save` file would not load (not a zip archive with its central directory: truncated or
+    never finished), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            if any(i.header_offset + i.compress_size > size for i in archive.infolist()):
+                return f"{path.name} is truncated"
+    except (OSError, zipfile.BadZipFile, ValueError) as err:
+        return f"{path.name} does not load ({type(err).__name__}: {err})"
+    return None
+
+
+def json_problem(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"{path.name} does not load (half-written? {type(err).__name__}: {err})"
+    return None if isinstance(data, dict) else f"{path.name} does not hold a JSON object"
+
+
+def _weights_problem(folder: Path, sharded: bool) -> str | None:
+    index = folder / WEIGHT_INDEX
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            return f"{WEIGHT_INDEX} does not load ({type(err).__name__}: {err})"
+        for shard in shards:
+            if not (folder / shard).is_file():
+                return f"no {shard} (named by {WEIGHT_INDEX})"
+            if problem := safetensors_problem(folder / shard):
+                return problem
+        return None
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return safetensors_problem(folder / name)
+    for name in TORCH_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return torch_file_problem(folder / name)
+    return None if sharded else f"no model weights ({WEIGHT_FILES[0]})"
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why a checkpoint folder cannot be resumed (the file and what is wrong with it), or None when every
+    file resuming reads would load. DeepSpeed and FSDP keep the weights and optimizer in their own layout
+    (`latest` + `global_step*/`, `*_fsdp*`): there only what we and Trainer write ourselves is checked."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: no such checkpoint directory"
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"{folder} is incomplete: no {missing[0]} (killed while saving, or not written by gcd-trl)"
+    sharded = (folder / "latest").is_file() or any(folder.glob("*fsdp*"))
+    state_files = [*CHECKPOINT_FILES, *([JUDGE_STATE_NAME] if (folder / JUDGE_STATE_NAME).is_file() else [])]
+    problems = [json_problem(folder / name) for name in state_files]
+    problems.append(_weights_problem(folder, sharded))
+    if not sharded:
+        for name in ("optimizer.pt", "scheduler.pt"):
+            path = folder / name
+            problems.append(
+                torch_file_problem(path)
+                if path.is_file()
+                else f"no {name} (the optimizer and learning-rate schedule would silently restart)"
+            )
+    problems += [torch_file_problem(p) for p in sorted(folder.glob("rng_state*.pth"))]
+    problems = [p for p in problems if p is not None]
+    return f"{folder} is incomplete: {problems[0]}" if problems else None
 
 
 def find_resumable_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, list[str]]:
@@ -55,7 +147,7 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> s
     """`resume_from_checkpoint` as a folder to resume from, or None to start fresh.
 
     true / "last": the newest complete checkpoint of output_dir (incomplete newer ones are skipped with a
-    message; none at all starts fresh with a message); a path must be a complete checkpoint.
+    warning naming the file and what is wrong; none at all starts fresh with a message); a path must be a complete checkpoint.
     Raises ValueError naming the problem.
     """
     if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "false", "none")):
@@ -63,9 +155,11 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> s
     if value is True or (isinstance(value, str) and value.lower() in ("true", "last")):
         folder, skipped = find_resumable_checkpoint(output_dir)
         for why in skipped:
-            print(f"gcd-trl: skipping {why}", flush=True)
+            print(f"gcd-trl: warning: skipping {why}", flush=True)
         if folder is None:
             print(f"gcd-trl: no complete checkpoint in {output_dir}: starting from scratch", flush=True)
+        elif skipped:
+            print(f"gcd-trl: resuming from {folder}, the newest complete checkpoint", flush=True)
         return folder
     problem = checkpoint_problem(value)
     if problem is not None:
