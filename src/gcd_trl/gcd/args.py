@@ -82,6 +82,13 @@ class GCDArguments:
     judge_top_p: float = field(default=1.0, metadata={"help": "External judge nucleus sampling."})
     judge_max_tokens: int = field(default=1024, metadata={"help": "Token cap of one external judge answer."})
     judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per external judge request."})
+    judge_round_timeout: float | None = field(
+        default=120.0,
+        metadata={
+            "help": "Seconds the external judge may take per round, all requests together; then the steps "
+            "still waiting fall back to the rules (judge/external_failures_round_deadline). null: no limit."
+        },
+    )
     judge_max_retries: int = field(
         default=2,
         metadata={"help": "The openai client's retries on 429 / 5xx / timeouts / connection errors."},
@@ -140,6 +147,7 @@ class GCDArguments:
             raise ConfigError(f"judge_top_p={self.judge_top_p!r} must lie in (0, 1]")
         check_at_least("judge_max_tokens", self.judge_max_tokens, 1)
         check_at_least("judge_timeout", self.judge_timeout, 0.001)
+        check_at_least("judge_round_timeout", self.judge_round_timeout, 0.001)
         check_at_least("judge_max_retries", self.judge_max_retries, 0)
         check_at_least("judge_concurrency", self.judge_concurrency, 1)
         check_at_least("judge_max_requests", self.judge_max_requests, 0)

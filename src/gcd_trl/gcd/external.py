@@ -21,6 +21,10 @@ Costs are bounded and paid once:
   rerun, a resume or a second process reads them back instead of paying again.
 - After `down_after` consecutive connection-type failures the endpoint counts as down for the rest of
   the call (its remaining steps fail fast as `endpoint_down`); the next call tries again.
+- `round_timeout` bounds one `judge_prompts` call as a whole (a slow endpoint costs up to `timeout` x
+  (1 + retries) per request, one round's worth of them adds up to minutes): at the deadline the steps
+  still waiting come back failed as `round_deadline` and the rules stand in; requests not sent by then are
+  never sent, and answers still in flight are cached when they arrive (a later round or resume reads them).
 The API key is read from the environment variable named by `api_key_env` and goes nowhere else.
 """
 
@@ -31,8 +35,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -131,6 +136,53 @@ def failure_kind(err: BaseException) -> str:
     return "other"
 
 
+def map_with_deadline(
+    fn: Callable[[Any], Any], items: Sequence[Any], workers: int, timeout: float | None
+) -> list[tuple[bool, Any]]:
+    """`fn` over `items` on up to `workers` threads: (finished, result) per item, in order; items not
+    finished within `timeout` seconds (None: no limit) come back (False, None). Items not started by then
+    are never started; the ones in flight finish in the background on daemon threads, so they hold up
+    neither the caller nor the interpreter's exit (a ThreadPoolExecutor joins its threads)."""
+    results: list[tuple[bool, Any]] = [(False, None)] * len(items)
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(items)):
+        todo.put(i)
+    lock, stop, all_done = threading.Lock(), threading.Event(), threading.Event()
+    left = [len(items)]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                value = fn(items[i])
+            except BaseException as err:  # re-raised in the caller, as ThreadPoolExecutor.map does
+                with lock:
+                    errors.append(err)
+                all_done.set()
+                return
+            with lock:
+                if not stop.is_set():
+                    results[i] = (True, value)
+                left[0] -= 1
+                if left[0] == 0:
+                    all_done.set()
+
+    if not items:
+        return []
+    for _ in range(min(workers, len(items))):
+        threading.Thread(target=work, name="external-judge", daemon=True).start()
+    all_done.wait(timeout)
+    with lock:
+        stop.set()
+        if errors:
+            raise errors[0]
+        return list(results)
+
+
 class ExternalJudge:
     """Labels step records with an OpenAI-compatible endpoint; see the module docstring."""
 
@@ -154,6 +206,7 @@ class ExternalJudge:
         max_tokens_budget: int | None = None,
         template: str | None = None,
         down_after: int = 3,
+        round_timeout: float | None = None,
     ) -> None:
         if not model:
             raise ValueError("ExternalJudge: model is required")
@@ -173,6 +226,7 @@ class ExternalJudge:
         self.max_requests, self.max_tokens_budget = max_requests, max_tokens_budget
         self.template = template
         self.down_after = down_after
+        self.round_timeout = round_timeout
         self.cache = DiskCache(cache_dir)
         self._lock = threading.Lock()
         self._client: Any = None
@@ -211,6 +265,7 @@ class ExternalJudge:
             max_requests=args.judge_max_requests,
             max_tokens_budget=args.judge_token_budget,
             template=template,
+            round_timeout=getattr(args, "judge_round_timeout", None),
         )
 
     # ---- the client ---------------------------------------------------------------------------------
@@ -372,8 +427,18 @@ class ExternalJudge:
                 "error": None,
             }
 
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            results = list(pool.map(one, prompts))
+        results = []
+        for finished, result in map_with_deadline(one, prompts, self.concurrency, self.round_timeout):
+            if not finished:  # past the round's deadline: the rules stand in for this step
+                self._fail("round_deadline")
+                result = {
+                    "label": None,
+                    "votes": [],
+                    "critiques": [],
+                    "failed": True,
+                    "error": "round_deadline",
+                }
+            results.append(result)
         failed = [r["error"] for r in results if r["failed"]]
         if failed:
             by_kind = collections.Counter(failed)
