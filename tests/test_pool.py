@@ -121,6 +121,28 @@ def test_killed_worker_aborts_only_its_slot_and_is_restarted(
     assert not alfworld_pool.step({1: "look"})[1].done  # slot 1 kept its episode throughout
 
 
+def test_worker_dead_between_episodes_is_replaced_and_the_reset_retried(
+    alfworld_pool: EnvPool, alfworld_games: list[str]
+):
+    """A worker killed while idle (the OOM killer between episodes): the next reset of its slot starts the
+    episode on the replacement instead of reporting it aborted; the crash and the retry are counted."""
+    tasks = {0: Task(env="alfworld", game=alfworld_games[0]), 1: Task(env="alfworld", game=alfworld_games[1])}
+    play_alfworld(alfworld_pool, tasks, num_steps=1)
+    before, old_pids = alfworld_pool.stats, alfworld_pool.worker_pids()
+    os.kill(old_pids[0], signal.SIGKILL)
+    assert not wait_gone([old_pids[0]])  # dead before the next episode starts
+
+    out = alfworld_pool.reset(tasks)
+    assert all("aborted" not in r.info and not r.done and r.observation for r in out.values()), out
+    with make_env(EnvSpec("alfworld")) as env:
+        assert view(out[0]) == view(env.reset(tasks[0]))  # the same episode, on the new worker
+    after = alfworld_pool.stats
+    assert after["crashes"] == before["crashes"] + 1 and after["restarts"] == before["restarts"] + 1
+    assert after["reset_retries"] == before["reset_retries"] + 1 and after["aborted"] == before["aborted"]
+    assert alfworld_pool.worker_pids()[0] != old_pids[0] and alfworld_pool.worker_pids()[1] == old_pids[1]
+    assert not alfworld_pool.step({0: "look", 1: "look"})[0].done
+
+
 def test_hung_worker_times_out_and_is_restarted(alfworld_pool: EnvPool, alfworld_games: list[str]):
     tasks = {0: Task(env="alfworld", game=alfworld_games[0]), 1: Task(env="alfworld", game=alfworld_games[1])}
     play_alfworld(alfworld_pool, tasks, num_steps=1)

@@ -5,7 +5,9 @@ then the pool sends (cmd, arg) with cmd in reset|step|expert|close and the worke
 or ("error", text). A batched call sends every request first and then collects each reply before a
 shared deadline, so the envs work in parallel. A worker that dies, runs past the deadline or raises is
 killed together with its process group (the ScienceWorld JVM is its child) and replaced by a fresh one,
-and its episode is reported as done and aborted; the other slots are unaffected.
+and its episode is reported as done and aborted; the other slots are unaffected. A reset whose worker
+died (between episodes, say: killed by the OOM killer while idle) is tried once more on the replacement,
+since no episode was under way and nothing is lost by starting it there (`reset_retries` counts them).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv
 from gcd_trl.envs.registry import make_env
 
-STAT_KEYS = ("steps", "resets", "aborted", "restarts", "timeouts", "errors", "crashes")
+STAT_KEYS = ("steps", "resets", "aborted", "restarts", "timeouts", "errors", "crashes", "reset_retries")
 
 
 def _describe(exc: BaseException) -> str:
@@ -139,10 +141,18 @@ class EnvPool:
 
     # -- public API ----------------------------------------------------------------------------
     def reset(self, tasks: dict[int, Task]) -> dict[int, StepResult]:
-        """Start an episode of `tasks[slot]` in each listed slot."""
+        """Start an episode of `tasks[slot]` in each listed slot; a slot whose worker had died is reset
+        once more on its replacement (a hung or failing reset is not retried: it would likely fail again)."""
         self._check(tasks, Task)
         self._stats["resets"] += len(tasks)
-        replies, failed = self._call("reset", tasks, self.reset_timeout)
+        crashed: set[int] = set()
+        replies, failed = self._call("reset", tasks, self.reset_timeout, crashed)
+        retry = {slot: tasks[slot] for slot in failed if slot in crashed}
+        if retry:
+            self._stats["reset_retries"] += len(retry)
+            again, failed_again = self._call("reset", retry, self.reset_timeout)
+            replies.update(again)
+            failed = {slot: failed_again.get(slot, why) for slot, why in failed.items() if slot not in again}
         for slot, result in replies.items():
             self._task_desc[slot] = result.task_description
             self._no_episode.pop(slot, None)
@@ -222,9 +232,11 @@ class EnvPool:
         return failed
 
     def _call(
-        self, cmd: str, requests: dict[int, Any], timeout: float
+        self, cmd: str, requests: dict[int, Any], timeout: float, crashed: set[int] | None = None
     ) -> tuple[dict[int, Any], dict[int, str]]:
-        """Send all requests, then collect all replies; replace failed workers. Returns (replies, failed)."""
+        """Send all requests, then collect all replies; replace failed workers. Returns (replies, failed);
+        the slots whose worker was found dead are added to `crashed`."""
+        crashed = set() if crashed is None else crashed
         if self._closed:
             raise RuntimeError("EnvPool is closed")
         replies: dict[int, Any] = {}
@@ -235,6 +247,7 @@ class EnvPool:
                 self._conns[slot].send((cmd, arg))
             except (OSError, ValueError) as e:
                 failed[slot] = self._count("crashes", f"worker died before {cmd}: {_describe(e)}")
+                crashed.add(slot)
         for slot in requests.keys() - failed.keys():
             conn, proc = self._conns[slot], self._procs[slot]
             try:
@@ -245,6 +258,7 @@ class EnvPool:
             except (EOFError, OSError):
                 proc.join(1.0)
                 failed[slot] = self._count("crashes", f"worker died during {cmd} (exit code {proc.exitcode})")
+                crashed.add(slot)
                 continue
             if status == "ok":
                 replies[slot] = value
