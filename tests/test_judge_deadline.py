@@ -5,7 +5,7 @@ the failures are counted, and requests not sent by then are never sent."""
 from __future__ import annotations
 
 from gcd_trl.gcd.args import GCDArguments
-from gcd_trl.gcd.external import ExternalJudge, map_with_deadline
+from gcd_trl.gcd.external import ExternalJudge, label_with_judge, map_with_deadline
 from gcd_trl.gcd.labels import label_records
 from openai_server import Fault, openai_server_fixture  # noqa: F401 (the fixture)
 
@@ -92,3 +92,19 @@ def test_round_timeout_comes_from_the_run_config():
     assert ExternalJudge.from_args(args).round_timeout == 120.0
     args.judge_round_timeout = None
     assert ExternalJudge.from_args(args).round_timeout is None
+
+
+def test_offline_labelling_has_no_round_deadline(openai_server, tmp_path):
+    """`gcd-trl judge label` is not a training round: a deadline the answers cannot meet changes nothing."""
+    openai_server.answer = lambda prompt, index: BAD
+    args = GCDArguments(
+        gcd=True,
+        judge_model="judge-model",
+        judge_base_url=openai_server.base_url,
+        judge_labels="external",
+        judge_votes=1,
+        judge_min_agree=1,
+        judge_round_timeout=0.001,
+    )
+    labelled, summary = label_with_judge(steps(["A", "B"]), args, None, tmp_path / "cache")
+    assert summary["fallbacks"] == 0 and summary["labelled_by"]["external"] == 2

@@ -86,7 +86,8 @@ class GCDArguments:
         default=120.0,
         metadata={
             "help": "Seconds the external judge may take per round, all requests together; then the steps "
-            "still waiting fall back to the rules (judge/external_failures_round_deadline). null: no limit."
+            "still waiting fall back to the rules (judge/external_failures_round_deadline). null: no limit. "
+            "Training only: `gcd-trl judge label` waits for every answer."
         },
     )
     judge_max_retries: int = field(

@@ -551,6 +551,7 @@ def label_with_judge(
     stats: dict[str, Any] = {"requests": 0, "cache_hits": 0, "failures": {}}
     if settings.judge_model and mode in ("external", "both"):
         judge = ExternalJudge.from_args(settings, cache_dir=cache_dir, template=template)
+        judge.round_timeout = None  # offline there is no round to keep short: every step waits its answer
         try:
             results = judge.judge_records(records)
         finally:
