@@ -4,6 +4,7 @@ arrives, rollouts, checkpoints, the judge cache and training_args.bin do not, an
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -125,3 +126,173 @@ def test_push_folder_refuses_a_file_holding_a_secret(tmp_path, hub_server, monke
     with pytest.raises(HubError, match="run_config.yaml holds a secret"):
         push_folder(root)
     assert hub_server.repos == {}
+
+
+# ---- through the commands: the check before a model loads, and the round trip of a real run -----------------
+
+
+@pytest.fixture(scope="module")
+def games_dir(tmp_path_factory):
+    from gcd_trl.envs.alfworld_gen import generate_games
+
+    root = tmp_path_factory.mktemp("games")
+    generate_games(root, 2, seed=0, task_types=(1,))
+    return str(root)
+
+
+def _rl_config(path, model_dir, games_dir, out):
+    import yaml
+
+    values = dict(
+        model_name_or_path=str(model_dir),
+        output_dir=str(out),
+        environment="alfworld",
+        data_dir=games_dir,
+        split="all",
+        max_episode_steps=2,
+        num_envs=2,
+        tasks_per_round=1,
+        num_generations=2,
+        max_completion_length=8,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        activation_checkpointing=False,
+        save_strategy="no",
+        logging_steps=1,
+    )
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def _no_token(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.mark.parametrize("command", ["rl", "sft"])
+def test_push_without_a_token_or_hub_fails_before_the_model_loads(command, tmp_path, monkeypatch, capsys):
+    """Exit 2 with one line saying what to do; nothing is written (the model path does not even exist,
+    so a check made after loading would have failed on it instead)."""
+    from gcd_trl.cli import main
+
+    out = tmp_path / "out"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    if command == "rl":
+        config = _rl_config(tmp_path / "run.yaml", model_dir, str(tmp_path / "games"), out)
+    else:
+        data = tmp_path / "data.jsonl"
+        data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+        config = tmp_path / "sft.yaml"
+        config.write_text(
+            f"model_name_or_path: {model_dir}\noutput_dir: {out}\ndataset_path: {data}\nreport_to: none\n"
+            "use_cpu: true\nbf16: false\n"
+        )
+    _no_token(monkeypatch, tmp_path)
+    for setup, message in [
+        (lambda: None, "export HF_TOKEN"),
+        (lambda: _unreachable(monkeypatch), "does not answer"),
+    ]:
+        setup()
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--config", str(config), "--push_to_hub", "true"])
+        assert exc.value.code == 2
+        err = capsys.readouterr()
+        assert message in err.err + err.out and "Traceback" not in err.err
+        assert not out.exists()
+
+
+def _unreachable(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_sometoken0123456789")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+
+
+def test_rl_run_pushes_the_model_card_and_config_but_not_the_bulk(
+    tmp_path, tiny_model_dir, games_dir, hub_server, monkeypatch, capsys
+):
+    """A one-round `gcd-trl rl --push_to_hub true` against the local Hub: the card, config and weights
+    arrive; rollouts and the judge cache do not; no token or key is in any uploaded file."""
+    import yaml
+
+    from gcd_trl.cli import main
+
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-judge-key-0123456789")
+    out = tmp_path / "agent-run"
+    (out / "judge_cache").mkdir(parents=True)
+    (out / "judge_cache" / "ab.json").write_text('{"answer": 1}')  # as an external judge leaves it
+    config = _rl_config(tmp_path / "run.yaml", tiny_model_dir, games_dir, out)
+    with pytest.raises(SystemExit) as exc:
+        main(["rl", "--config", config, "--push_to_hub", "true", "--hub_model_id", "org/agent"])
+    assert exc.value.code == 0, capsys.readouterr()
+    assert "pushed to" in capsys.readouterr().out
+    assert list((out / "rollouts").glob("round_*.jsonl"))  # written locally ...
+    stored = hub_server.repos["org/agent"]
+    assert not any(p.startswith(("rollouts/", "judge_cache/", "checkpoint-")) for p in stored)  # ... not sent
+    assert "training_args.bin" not in stored
+    assert {"README.md", "run_config.yaml", "config.json", "model.safetensors", "tokenizer.json"} <= set(
+        stored
+    )
+    assert stored["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    card = stored["README.md"].decode()
+    assert 'model="org/agent"' in card and "advantage estimator: `grpo` (GRPO)" in card
+    assert yaml.safe_load(stored["run_config.yaml"])["trainer"]["push_to_hub"] is True
+    for name, data in stored.items():
+        assert hub_server.token.encode() not in data and b"sk-judge-key" not in data, name
+
+
+def test_push_command_adds_this_checkpoints_eval_results(tmp_path, hub_server, capsys):
+    """`gcd-trl push DIR --eval_dir E`: the card is rebuilt with the eval report of this checkpoint."""
+    from huggingface_hub import ModelCard
+
+    from gcd_trl.cli import main
+    from gcd_trl.eval.runner import model_fingerprint
+    from gcd_trl.trainers.card import write_run_config
+
+    root = _run_folder(tmp_path / "run")
+    write_run_config(
+        root,
+        {
+            "trainer": {
+                "advantage_estimator": "grpo",
+                "max_rounds": 2,
+                "tasks_per_round": 1,
+                "num_generations": 2,
+                "loss_type": "grpo",
+                "beta": 0.0,
+                "learning_rate": 1e-6,
+            },
+            "env": {"environment": "alfworld", "split": "L0", "part": "train", "max_episode_steps": 30},
+            "gcd": {"gcd": False},
+            "model": {"model_name_or_path": "Qwen/Qwen2.5-0.5B"},
+        },
+    )
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "eval_config.json").write_text(
+        json.dumps({"identity": {"model_fingerprint": model_fingerprint(str(root))}})
+    )
+    (ev / "report.json").write_text(
+        json.dumps(
+            {
+                "environment": "alfworld",
+                "split": "L0",
+                "part": "test",
+                "episodes": 10,
+                "success_rate": 0.3,
+                "complete": True,
+            }
+        )
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["push", str(root), "--eval_dir", str(ev)])
+    assert exc.value.code == 0, capsys.readouterr()
+    card = hub_server.repos[f"{USER}/run"]["README.md"].decode()
+    assert ModelCard(card).data.eval_results[0].metric_value == 0.3
+    assert "rollouts/round_00000_rank0.jsonl" not in hub_server.repos[f"{USER}/run"]
