@@ -67,12 +67,12 @@ def check_hub(timeout: float = 10.0) -> str:
 
     token = hub_token()
     endpoint = hub_endpoint()
-    off = "or set push_to_hub: false and upload later with `gcd-trl push OUTPUT_DIR`"
+    off = "or set push_to_hub: false and upload later with 'gcd-trl push OUTPUT_DIR'"
     if constants.is_offline_mode():
         raise HubError("push_to_hub: HF_HUB_OFFLINE is set, so nothing can reach the Hub: unset it, " + off)
     if not token:
         raise HubError(
-            "push_to_hub needs a Hub token with write access: export HF_TOKEN=... or run `hf auth login`, "
+            "push_to_hub needs a Hub token with write access: export HF_TOKEN=... or run 'hf auth login', "
             + off
         )
     try:
@@ -87,7 +87,7 @@ def check_hub(timeout: float = 10.0) -> str:
     if response.status_code == 401:
         raise HubError(
             f"push_to_hub: the Hub at {endpoint} refuses the token (401): export a valid HF_TOKEN or run "
-            "`hf auth login`, " + off
+            "'hf auth login', " + off
         )
     if response.status_code != 200:
         raise HubError(
