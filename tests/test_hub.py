@@ -296,3 +296,57 @@ def test_push_command_adds_this_checkpoints_eval_results(tmp_path, hub_server, c
     card = hub_server.repos[f"{USER}/run"]["README.md"].decode()
     assert ModelCard(card).data.eval_results[0].metric_value == 0.3
     assert "rollouts/round_00000_rank0.jsonl" not in hub_server.repos[f"{USER}/run"]
+
+
+def test_sft_run_pushes_the_model_and_its_card(tmp_path, tiny_model_dir, hub_server, capsys):
+    """`gcd-trl sft --push_to_hub true`: the model, tokenizer, card and config arrive; the card links no
+    local folder as a Hub dataset; the checkpoint and training_args.bin stay local."""
+    import yaml
+
+    from gcd_trl.cli import main
+    from gcd_trl.data.io import save_rows
+
+    rows = [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Task: put a mug {i} in the sink.\nActions: 'go to sink 1', 'look'",
+                },
+                {"role": "assistant", "content": "<think>go</think><action>go to sink 1</action>"},
+            ]
+        }
+        for i in range(4)
+    ]
+    save_rows(rows, tmp_path / "data" / "alfworld" / "agent_sft")
+    out = tmp_path / "cold-start"
+    config = dict(
+        model_name_or_path=str(tiny_model_dir),
+        output_dir=str(out),
+        dataset_path=str(tmp_path / "data" / "alfworld" / "agent_sft"),
+        max_length=128,
+        per_device_train_batch_size=4,
+        max_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        num_threads=1,
+    )
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exc:
+        main(["sft", "--config", str(tmp_path / "sft.yaml"), "--push_to_hub", "true"])
+    assert exc.value.code == 0, capsys.readouterr()
+    stored = hub_server.repos[f"{USER}/cold-start"]
+    assert {"README.md", "run_config.yaml", "config.json", "model.safetensors", "tokenizer.json"} <= set(
+        stored
+    )
+    assert (out / "checkpoint-1").is_dir() and (out / "training_args.bin").is_file()  # kept local ...
+    assert not any(p.startswith("checkpoint-") or p == "training_args.bin" for p in stored)  # ... not sent
+    card = stored["README.md"].decode()
+    assert "huggingface.co/datasets" not in card and "`agent_sft` (local)" in card
+    assert "Task: put a mug " in card and 'model="tester/cold-start"' in card
+    for name, data in stored.items():
+        assert hub_server.token.encode() not in data, name

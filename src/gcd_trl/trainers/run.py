@@ -136,7 +136,7 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
     train_args.push_to_hub = False  # Trainer would upload output_dir at every save, rollouts and all
     trainer = build_trainer(train_args, env_args, gcd_args, model_args, tasks)
     try:
-        if push:
+        if push and is_main_process():  # the card (main process only) names the repo in its quick start
             trainer.card_repo_id = (
                 train_args.hub_model_id or f"{check_hub()}/{Path(train_args.output_dir).name}"
             )
@@ -145,6 +145,7 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
         trainer.save_state()  # trainer_state.json: the logged curves (the demo report plots them)
         trainer.create_model_card()
         if push and is_main_process():
+            gather_rules(gcd_args, train_args.output_dir)
             url = push_folder(
                 train_args.output_dir,
                 trainer.card_repo_id,
@@ -157,6 +158,17 @@ def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
         end_trackers(trainer)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # vLLM colocate leaves one behind
+
+
+def gather_rules(gcd_args, output_dir) -> None:
+    """Golden rules kept elsewhere (`rules_file`) are copied to output_dir/golden_rules.json, the name the
+    upload takes them by."""
+    import shutil
+
+    source = getattr(gcd_args, "rules_file", None)
+    target = Path(output_dir) / "golden_rules.json"
+    if source and Path(source).is_file() and Path(source).resolve() != target.resolve():
+        shutil.copyfile(source, target)
 
 
 def end_trackers(trainer) -> None:

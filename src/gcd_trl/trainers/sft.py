@@ -337,8 +337,8 @@ def run_sft(train_args: SFTConfig, data_args: SFTDataArguments, model_args: Mode
     result = trainer.train(resume_from_checkpoint=_resume_arg(train_args.resume_from_checkpoint))
     trainer.save_model(train_args.output_dir)
     out = Path(train_args.output_dir)
-    repo_id = train_args.hub_model_id or f"{check_hub() if push else 'YOUR_NAME'}/{out.resolve().name}"
     if main:
+        repo_id = train_args.hub_model_id or f"{check_hub() if push else 'YOUR_NAME'}/{out.resolve().name}"
         write_run_config(out, config)
         card = sft_card(
             config,
