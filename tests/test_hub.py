@@ -350,3 +350,15 @@ def test_sft_run_pushes_the_model_and_its_card(tmp_path, tiny_model_dir, hub_ser
     assert "Task: put a mug " in card and 'model="tester/cold-start"' in card
     for name, data in stored.items():
         assert hub_server.token.encode() not in data, name
+
+
+def test_value_sft_push_without_a_token_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from gcd_trl.trainers.value_sft import ValueSFTError, parse_config
+
+    _no_token(monkeypatch, tmp_path)
+    argv = ["--model_name_or_path", str(tmp_path / "m"), "--output_dir", str(tmp_path / "out")]
+    argv += ["--agent_data", str(tmp_path / "a"), "--value_data", str(tmp_path / "v"), "--use_cpu", "true"]
+    argv += ["--bf16", "false", "--report_to", "none", "--push_to_hub", "true"]
+    with pytest.raises(ValueSFTError, match="export HF_TOKEN"):
+        parse_config(argv)
+    assert not (tmp_path / "out").exists()
