@@ -290,9 +290,14 @@ def test_push_command_adds_this_checkpoints_eval_results(tmp_path, hub_server, c
             }
         )
     )
+    other = tmp_path / "other-eval"
+    other.mkdir()
+    (other / "eval_config.json").write_text(json.dumps({"identity": {"model_fingerprint": "another-model"}}))
+    (other / "report.json").write_text((ev / "report.json").read_text())
     with pytest.raises(SystemExit) as exc:
-        main(["push", str(root), "--eval_dir", str(ev)])
+        main(["push", str(root), "--eval_dir", str(ev), "--eval_dir", str(other)])
     assert exc.value.code == 0, capsys.readouterr()
+    assert f"left out of the card: {other}: evaluates another model" in capsys.readouterr().out
     card = hub_server.repos[f"{USER}/run"]["README.md"].decode()
     assert ModelCard(card).data.eval_results[0].metric_value == 0.3
     assert "rollouts/round_00000_rank0.jsonl" not in hub_server.repos[f"{USER}/run"]

@@ -36,13 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gcd_trl.eval.runner import model_fingerprint
     from gcd_trl.hub import HubError, check_hub, push_folder
-    from gcd_trl.trainers.card import read_run_config, write_rl_card
+    from gcd_trl.trainers.card import checkpoint_report, read_run_config, write_rl_card
 
     out = Path(args.output_dir)
     if not out.is_dir():
         print(f"gcd-trl push: {out}: no such folder", file=sys.stderr)
         return 2
+    fingerprint = model_fingerprint(str(out))
+    for folder in args.eval_dir:
+        report, why = checkpoint_report(folder, fingerprint)
+        if report is None:
+            print(f"gcd-trl push: note: left out of the card: {why}")
     try:
         repo_id = args.repo_id or f"{check_hub()}/{out.resolve().name}"
         if "env" in read_run_config(out):  # an RL run: the card gains this checkpoint's eval results

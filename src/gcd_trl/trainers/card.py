@@ -164,23 +164,30 @@ def citations_markdown(keys: list[str]) -> str:
 
 
 # ---- results of `gcd-trl eval` for this checkpoint ------------------------------------------------------
+def checkpoint_report(folder: str | os.PathLike, fingerprint: str) -> tuple[dict | None, str]:
+    """A `gcd-trl eval` folder's report when it is a complete evaluation of the model with this fingerprint,
+    else None and why not."""
+    folder = Path(folder)
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        identity = json.loads((folder / "eval_config.json").read_text())["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{folder}: no readable report.json and eval_config.json (not a gcd-trl eval folder)"
+    if identity.get("model_fingerprint") != fingerprint:
+        return None, f"{folder}: evaluates another model (or an older save of this one)"
+    if not report.get("complete", True):
+        return None, f"{folder}: the evaluation is incomplete (rerun the same gcd-trl eval to finish it)"
+    return report, ""
+
+
 def eval_reports(model_dir: str | os.PathLike, eval_dirs: list[str | os.PathLike] = ()) -> list[dict]:
-    """Complete `gcd-trl eval` reports of this very checkpoint: those under `model_dir/eval/*/` and in
-    `eval_dirs` whose recorded model fingerprint is the checkpoint's (a report of another model, or of
-    an older save at the same path, is left out). Sorted by environment and split."""
+    """Complete `gcd-trl eval` reports of this very checkpoint, from `model_dir/eval/*/` and `eval_dirs`
+    (`checkpoint_report`), sorted by environment and split."""
     from gcd_trl.eval.runner import model_fingerprint
 
     fingerprint = model_fingerprint(str(model_dir))
     candidates = [*sorted((Path(model_dir) / EVAL_SUBDIR).glob("*/")), *map(Path, eval_dirs)]
-    found = []
-    for folder in candidates:
-        try:
-            report = json.loads((folder / "report.json").read_text())
-            identity = json.loads((folder / "eval_config.json").read_text())["identity"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if identity.get("model_fingerprint") == fingerprint and report.get("complete", True):
-            found.append(report)
+    found = [r for r in (checkpoint_report(c, fingerprint)[0] for c in candidates) if r is not None]
     return sorted(found, key=lambda r: (r.get("environment", ""), str(r.get("split")), str(r.get("part"))))
 
 
