@@ -70,6 +70,7 @@ def test_rl_launches_two_cpu_processes_through_accelerate(tmp_path, tiny_model_d
     assert set(summary["success_rate_by_task_type"]) == {"pick_and_place_simple"}
     assert (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
-    assert "Rethinking Reward Miscalibration of GRPO in Agentic RL" in card  # the paper this implements
-    assert "DeepSeekMath" not in card and "huggingface.co/datasets" not in card  # no made-up Hub dataset
+    assert "DeepSeekMath" in card and "2402.03300" in card  # plain GRPO cites GRPO ...
+    assert "Rethinking Reward Miscalibration" not in card  # ... and not the GCD paper (gcd is off)
+    assert "huggingface.co/datasets" not in card  # no made-up Hub dataset
     assert len(list((tmp_path / "games").rglob("game.tw-pddl"))) == 2

@@ -182,7 +182,9 @@ def test_tiny_sft_run_saves_a_model_with_a_card(tiny_model_dir, tmp_path, capsys
     AutoModelForCausalLM.from_pretrained(out)
     assert AutoTokenizer.from_pretrained(out).chat_template
     card = (out / "README.md").read_text()
-    assert str(tmp_path / "agent") in card and "weight 0.5" in card
+    assert "`agent` (local): weight 1.0" in card and "`judge` (local): weight 0.5" in card
+    assert "huggingface.co/datasets" not in card and 'prompt = """' in card  # no local path as a Hub link
+    assert "learning_rate:" in (out / "run_config.yaml").read_text()
 
 
 def test_unknown_model_path_is_refused(tmp_path):

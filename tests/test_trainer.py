@@ -424,7 +424,8 @@ def test_rl_command_trains_and_saves(tmp_path, tiny_model_dir, alfworld_tasks, c
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     card = (out / "README.md").read_text()
-    assert "advantage estimator: `grpo`" in card and "environment: `alfworld`" in card
+    assert "advantage estimator: `grpo` (GRPO)" in card and "environment: ALFWorld, split `all`" in card
+    assert "advantage_estimator: grpo" in (out / "run_config.yaml").read_text()
 
 
 def test_sampling_gap_counts_only_real_tokens_with_vllm_logprobs():

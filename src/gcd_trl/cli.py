@@ -17,6 +17,7 @@ COMMANDS = (
     "rl",
     "eval",
     "analyze",
+    "push",
     "value_sft",
     "judge",
     "tiny_model",
@@ -35,6 +36,7 @@ a typical run, in pipeline order:
   gcd-trl rl --config configs/rl/tiny_alfworld_grpo.yaml      # GRPO / GiGPO / RLVMR (+ GCD)
   gcd-trl rl --config FILE --accelerate_config zero2 --num_processes 8
   gcd-trl eval --config configs/eval/FILE.yaml                # success rate on a split
+  gcd-trl push outputs/RUN --eval_dir outputs/RUN/eval/L0     # the model and its card to the Hub
   gcd-trl analyze all --run outputs/tiny_alfworld_grpo        # the paper's diagnostics
 
 `gcd-trl COMMAND -h` lists a command's options; rl, sft, value-sft and eval list every config field with its

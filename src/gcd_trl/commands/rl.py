@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str]) -> int:
     from gcd_trl.config import ConfigError
     from gcd_trl.dist import print_once
+    from gcd_trl.hub import HubError
     from gcd_trl.trainers.run import prepare, train
 
     try:
@@ -42,5 +43,11 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         print_once(f"gcd-trl rl: {err}")  # every rank finds the same problem: say it once
         return 2
-    train(*parts)
+    try:
+        train(*parts)
+    except HubError as err:  # after training: the model is saved, only the upload failed
+        print_once(
+            f"gcd-trl rl: {err} (the model is saved in {parts[0].output_dir}: `gcd-trl push` uploads it)"
+        )
+        return 1
     return 0

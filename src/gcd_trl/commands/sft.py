@@ -31,13 +31,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str]) -> int:
     from gcd_trl.dist import is_main_process, print_once
+    from gcd_trl.hub import HubError
     from gcd_trl.trainers.sft import SFTInputError, parse_sft_config, run_sft
 
     try:
-        summary = run_sft(*parse_sft_config(argv))
+        parts = parse_sft_config(argv)
     except SFTInputError as err:
         print_once(f"gcd-trl sft: {err}")  # every rank finds the same problem: say it once
         return 2
+    try:
+        summary = run_sft(*parts)
+    except SFTInputError as err:
+        print_once(f"gcd-trl sft: {err}")
+        return 2
+    except HubError as err:  # after training: the model is saved, only the upload failed
+        print_once(
+            f"gcd-trl sft: {err} (the model is saved in {parts[0].output_dir}: `gcd-trl push` uploads it)"
+        )
+        return 1
     if is_main_process():
         print(json.dumps(summary, indent=1))
     return 0

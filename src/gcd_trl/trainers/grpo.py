@@ -46,8 +46,8 @@ from gcd_trl.rollout.collector import RolloutCollector
 from gcd_trl.rollout.records import KINDS, write_jsonl_atomic
 from gcd_trl.rollout.samples import AgentSample, Sample
 from gcd_trl.trainers import checkpoints, metrics
-from gcd_trl.trainers.card import PAPER, card_section
-from gcd_trl.trainers.grpo_config import check_advantage_fields, derive_max_steps
+from gcd_trl.trainers.card import read_run_config, write_rl_card, write_run_config
+from gcd_trl.trainers.grpo_config import check_advantage_fields, derive_max_steps, resolved_dict
 from gcd_trl.trainers.logps import add_old_and_ref_logps
 from gcd_trl.trainers.microbatch import LOSS_TYPES, Round, Update, chunk, collate, cut_update
 from gcd_trl.trainers.sampler import RoundTaskSampler, split_rows, tasks_fingerprint
@@ -88,7 +88,7 @@ class AgentGRPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "gcd-trl", "agent"]
     _name = "AgentGRPO"
-    _paper = PAPER
+    card_repo_id: str | None = None  # the Hub repo the card's quick start names (set before a push)
     _critic_targets = False  # micro-batches carry the critic's targets (trainers.ppo)
 
     def __init__(
@@ -550,7 +550,19 @@ class AgentGRPOTrainer(GRPOTrainer):
         )
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if self.is_world_process_zero():
-            with open(os.path.join(self.args.output_dir, "README.md"), "a") as f:
-                f.write(card_section(self.args, self.env_args, self.gcd_args, len(self.tasks)))
+        """gcd-trl's card (`trainers.card`), not TRL's, from output_dir/run_config.yaml (written by
+        `trainers.run`; from this trainer's own arguments when it was built another way)."""
+        if not self.is_world_process_zero():
+            return
+        out = self.args.output_dir
+        if not read_run_config(out):
+            from trl import ModelConfig
+
+            from gcd_trl.gcd.args import GCDArguments
+
+            base = ModelConfig(model_name_or_path=getattr(self.model.config, "_name_or_path", None))
+            write_run_config(
+                out, resolved_dict(self.args, self.env_args, self.gcd_args or GCDArguments(), base, full=True)
+            )
+        played = {"rounds": self.task_sampler.round, "optimizer_steps": self.state.global_step}
+        write_rl_card(out, repo_id=self.card_repo_id, played=played)

@@ -116,6 +116,14 @@ class AgentGRPOConfig(GRPOConfig):
         default=True,
         metadata={"help": "Write each round's step records and advantages to output_dir/rollouts/."},
     )
+    push_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "With push_to_hub: upload output_dir/rollouts/ too (GBs over a long recipe). The model, "
+            "tokenizer, card, run_config.yaml, summary.json and golden rules always go; checkpoints, "
+            "judge_cache/ and completions/ never do."
+        },
+    )
     low_precision_parameters: bool = low_precision_field()
     # ---- PPO with a critic (advantage_estimator: gae), the value-head classifier, NTHR: docs/baselines.md ----
     gae_gamma: float = field(default=1.0, metadata={"help": "GAE discount over a step's tokens (verl: 1.0)."})
@@ -368,6 +376,7 @@ def resolved_dict(
         "report_to",
         "push_to_hub",
         "hub_model_id",
+        "hub_private_repo",
     }
     keep = ours | core | (explicit or set())
     trainer = {k: v for k, v in train.to_dict().items() if full or k in keep}

@@ -5,8 +5,8 @@ train, save. `gcd-trl rl` is `prepare` then `train`.
     train(train_args, env_args, gcd_args, model_args, tasks)
 
 `prepare` fails in seconds with a `ConfigError` naming the problem (a missing model, config keys and
-types, an output_dir that cannot be written, report_to packages, the prompt template, the model path,
-parameter precision, the checkpoint to resume, the tasks);
+types, an output_dir that cannot be written, report_to packages, the prompt template, the model path, the
+Hub when pushing, parameter precision, the checkpoint to resume, the tasks);
 files written before training (generated games) are written once, by the main process first.
 """
 
@@ -25,6 +25,7 @@ from gcd_trl.config import (
     check_writable_dir,
 )
 from gcd_trl.dist import is_main_process, print_once
+from gcd_trl.hub import HubError, check_hub, push_folder
 from gcd_trl.rollout.settings import build_eval_tasks, build_tasks
 
 LOG = "gcd-trl rl"
@@ -61,6 +62,11 @@ def prepare(argv: list[str]):
     check_report_to(train.report_to)
     env.load_template()
     check_model_path(model_args.model_name_or_path)
+    if train.push_to_hub:  # no token or no Hub fails now, not after hours of training
+        try:
+            check_hub()
+        except HubError as err:
+            raise ConfigError(str(err)) from None
     check_training_precision(train, model_args, train.low_precision_parameters)
     try:  # which checkpoint, decided now: an incomplete newest one falls back to the previous one
         train.resume_from_checkpoint = resolve_resume(train.resume_from_checkpoint, train.output_dir)
@@ -124,22 +130,54 @@ def build_trainer(train_args, env_args, gcd_args, model_args, tasks):
 
 
 def train(train_args, env_args, gcd_args, model_args, tasks) -> None:
-    """Build the trainer, run it, save the model and its card (and push them when asked)."""
+    """Build the trainer, run it, save the model, its card and run_config.yaml; push them when asked
+    (`hub.push_folder`: the allow-list, not Trainer.push_to_hub's whole folder)."""
     import torch
 
+    from gcd_trl.trainers.card import write_run_config
+    from gcd_trl.trainers.grpo_config import resolved_dict
+
+    if is_main_process():
+        write_run_config(
+            train_args.output_dir, resolved_dict(train_args, env_args, gcd_args, model_args, full=True)
+        )
+    push = train_args.push_to_hub
+    train_args.push_to_hub = False  # Trainer would upload output_dir at every save, rollouts and all
     trainer = build_trainer(train_args, env_args, gcd_args, model_args, tasks)
     try:
+        if push and is_main_process():  # the card (main process only) names the repo in its quick start
+            trainer.card_repo_id = (
+                train_args.hub_model_id or f"{check_hub()}/{Path(train_args.output_dir).name}"
+            )
         trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
         trainer.save_model(train_args.output_dir)
         trainer.save_state()  # trainer_state.json: the logged curves (the demo report plots them)
-        trainer.create_model_card(model_name=Path(train_args.output_dir).name)
-        if train_args.push_to_hub:
-            trainer.push_to_hub()  # the card names the env and split; they are not Hub datasets
+        trainer.create_model_card()
+        if push and is_main_process():
+            gather_rules(gcd_args, train_args.output_dir)
+            url = push_folder(
+                train_args.output_dir,
+                trainer.card_repo_id,
+                push_rollouts=train_args.push_rollouts,
+                private=train_args.hub_private_repo,
+            )
+            print(f"{LOG}: pushed to {url}", flush=True)
     finally:
         trainer.close()
         end_trackers(trainer)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # vLLM colocate leaves one behind
+
+
+def gather_rules(gcd_args, output_dir) -> None:
+    """Golden rules kept elsewhere (`rules_file`) are copied to output_dir/golden_rules.json, the name the
+    upload takes them by."""
+    import shutil
+
+    source = getattr(gcd_args, "rules_file", None)
+    target = Path(output_dir) / "golden_rules.json"
+    if source and Path(source).is_file() and Path(source).resolve() != target.resolve():
+        shutil.copyfile(source, target)
 
 
 def end_trackers(trainer) -> None:

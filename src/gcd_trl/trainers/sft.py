@@ -31,6 +31,8 @@ from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from gcd_trl.config import ConfigError, check_report_to, check_training_precision, low_precision_field
+from gcd_trl.hub import HubError, check_hub, push_folder
+from gcd_trl.trainers.card import sft_card, write_run_config
 
 DATA_FILE_NAMES = ("train.jsonl", "train.parquet")
 
@@ -149,11 +151,20 @@ def parse_sft_config(argv: list[str]) -> tuple[SFTConfig, SFTDataArguments, Mode
         raise SFTInputError("model_name_or_path is not set")
     if not data.datasets:
         raise SFTInputError("no data: set `datasets` (a list of {path, weight}) or `dataset_path`")
+    if train.hub_token:
+        raise SFTInputError(
+            "hub_token must not be written in a config or on the command line: export HF_TOKEN instead"
+        )
     try:
         check_report_to(train.report_to)
         check_training_precision(train, model, data.low_precision_parameters)
     except ConfigError as err:
         raise SFTInputError(str(err)) from err
+    if train.push_to_hub:  # no token or no Hub fails now, not after training
+        try:
+            check_hub()
+        except HubError as err:
+            raise SFTInputError(str(err)) from None
     return train, data, model
 
 
@@ -271,7 +282,27 @@ def build_trainer(train_args: SFTConfig, data_args: SFTDataArguments, model_args
         peft_config=get_peft_config(model_args),
         callbacks=[TimeBudget(data_args.max_train_minutes)] if data_args.max_train_minutes else None,
     )
+    trainer.card_example = first_user_message(dataset)  # the card's quick start (the data is tokenized now)
     return trainer, mixture
+
+
+def first_user_message(dataset) -> str | None:
+    """The first user message of the mixture: a prompt of the kind the model learns to answer."""
+    for message in dataset[0]["messages"] if len(dataset) else []:
+        if message.get("role") == "user":
+            return str(message.get("content"))
+    return None
+
+
+def resolved_sft_config(train_args: SFTConfig, data_args: SFTDataArguments, model_args: ModelConfig) -> dict:
+    """The values an SFT run used, by section (the card's YAML). The token lives in the environment only."""
+    trainer = train_args.to_dict()
+    trainer.pop("hub_token", None)
+    return {
+        "trainer": dict(sorted(trainer.items())),
+        "data": dataclasses.asdict(data_args),
+        "model": dataclasses.asdict(model_args),
+    }
 
 
 class TimeBudget(TrainerCallback):
@@ -293,21 +324,33 @@ class TimeBudget(TrainerCallback):
 
 
 def run_sft(train_args: SFTConfig, data_args: SFTDataArguments, model_args: ModelConfig) -> dict[str, Any]:
-    """Train, save the model (and tokenizer) with a card naming the data; push when asked."""
+    """Train, save the model (and tokenizer) with run_config.yaml and a card naming the data; push the
+    allow-list (`hub.push_folder`) when asked."""
+    config = resolved_sft_config(train_args, data_args, model_args)
+    push = train_args.push_to_hub
+    train_args.push_to_hub = False  # Trainer would upload output_dir at every save
     trainer, mixture = build_trainer(train_args, data_args, model_args)
     data_name = describe_mixture(mixture)
-    if trainer.accelerator.is_main_process:
+    main = trainer.accelerator.is_main_process
+    if main:
         print(f"sft: {len(trainer.train_dataset)} rows from {data_name}", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=_resume_arg(train_args.resume_from_checkpoint))
     trainer.save_model(train_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(
-            model_name=Path(train_args.output_dir).name,
-            dataset_name=data_name,
-            tags=["gcd-trl", "cold-start"],
+    out = Path(train_args.output_dir)
+    if main:
+        repo_id = train_args.hub_model_id or f"{check_hub() if push else 'YOUR_NAME'}/{out.resolve().name}"
+        write_run_config(out, config)
+        card = sft_card(
+            config,
+            model_name=repo_id.split("/")[-1],
+            repo_id=repo_id,
+            mixture=mixture,
+            example=trainer.card_example,
         )
-    if train_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=data_name)
+        (out / "README.md").write_text(card)
+        if push:
+            url = push_folder(out, repo_id, private=train_args.hub_private_repo)
+            print(f"sft: pushed to {url}", file=sys.stderr)
     budget = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TimeBudget)), None)
     return {
         "output_dir": train_args.output_dir,

@@ -38,6 +38,7 @@ from transformers import Trainer, TrainingArguments
 from trl import ModelConfig
 
 from gcd_trl.config import ConfigError, check_training_precision, low_precision_field
+from gcd_trl.hub import HubError, check_hub, push_folder
 from gcd_trl.trainers.value_head import (
     ValueHead,
     accuracy_counts,
@@ -316,6 +317,11 @@ def parse_config(argv: list[str]):
         check_training_precision(train, model, args.low_precision_parameters)
     except ConfigError as err:
         raise ValueSFTError(str(err)) from err
+    if train.push_to_hub:  # no token or no Hub fails now, not after training
+        try:
+            check_hub()
+        except HubError as err:
+            raise ValueSFTError(str(err)) from None
     train.remove_unused_columns = False
     return train, args, model
 
@@ -352,12 +358,17 @@ def build_trainer(train: TrainingArguments, args: ValueSFTArguments, model_args)
 def run(train: TrainingArguments, args: ValueSFTArguments, model_args) -> dict[str, Any]:
     """Build the trainer, train (resuming when asked), save the model and its head; returns the data summary
     (printed before training starts). ValueSFTError names a bad config or dataset."""
+    push = train.push_to_hub
+    train.push_to_hub = False  # Trainer would upload output_dir at every save: hub.push_folder's allow-list
     trainer = build_trainer(train, args, model_args)
     if trainer.accelerator.is_main_process:
         print(f"value-sft: {trainer.data_summary}", file=sys.stderr)
     resume = train.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume in ("true", "last") else resume or None)
     trainer.save_model(train.output_dir)
+    if push and trainer.accelerator.is_main_process:
+        url = push_folder(train.output_dir, train.hub_model_id, private=train.hub_private_repo)
+        print(f"value-sft: pushed to {url}", file=sys.stderr)
     return trainer.data_summary
 
 
@@ -369,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueSFTError as err:
         print(f"value-sft: {err}", file=sys.stderr)
         return 2
+    except HubError as err:  # after training: the model is saved, only the upload failed
+        print(f"value-sft: {err} (the model is saved: `gcd-trl push OUTPUT_DIR` uploads it)", file=sys.stderr)
+        return 1
     return 0
 
 
