@@ -131,13 +131,13 @@ def maybe_launch(
 
     script = ["-m", "gcd_trl", command, *argv]
     parsed = launch_command_parser().parse_args([*launch_args, *script])
-    print_once(f"gcd-trl {command}: accelerate launch {' '.join(launch_args)} {' '.join(script)}")
     saved = os.environ.get("ACCELERATE_USE_CPU")
     if cpu:
         os.environ["ACCELERATE_USE_CPU"] = "true"  # TrainingArguments then picks the gloo CPU backend
     try:
         if check is not None:
             check(argv)
+        print_once(f"gcd-trl {command}: accelerate launch {' '.join(launch_args)} {' '.join(script)}")
         launch_command(parsed)
     except SystemExit as err:  # accelerate exits with the failed worker's code
         return int(err.code or 0) if not isinstance(err.code, str) else 1
