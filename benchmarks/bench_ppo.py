@@ -6,9 +6,11 @@ for every completion token before the update, and its own forward/backward on th
 the actor's (the critic is a copy of the actor's body, so this is the cost of a second model). GRPO_nthr
 adds one no-grad forward of the policy over the groups' positive and negative samples; the value head adds
 a linear layer on hidden states the loss forward already has. Rounds of the trainers alternate, so load
-changes hit them alike; the median round time is reported, with the time of the update alone.
+changes hit them alike; the median round is reported as wall time and as this process's CPU time (the env
+workers are processes of their own; CPU time is less inflated by a shared machine's load), with the wall
+time of the update alone. The default takes 6 rounds: with 3, one slow round moves the median.
 
-    .venv/bin/python benchmarks/bench_ppo.py [--rounds 3] [--tasks 4] [--group 4] [--steps 6]
+    .venv/bin/python benchmarks/bench_ppo.py [--rounds 6] [--tasks 4] [--group 4] [--steps 6]
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ def build(model_dir, out_dir, tasks, pool, overrides: dict, a):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="Measured rounds per trainer (after a warm-up); the median counts.",
+    )
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
@@ -96,12 +103,14 @@ def main() -> None:
             for trainer in runs.values():
                 one_round(trainer)  # warm-up
             times = {k: [] for k in runs}
+            cpu = {k: [] for k in runs}
             updates = {k: [] for k in runs}
             last = {}
             for _ in range(a.rounds):
                 for name, trainer in runs.items():
-                    elapsed, metrics = one_round(trainer)
+                    elapsed, cpu_s, metrics = one_round(trainer)
                     times[name].append(elapsed)
+                    cpu[name].append(cpu_s)
                     # the update: everything after the rollout (advantages, critic values, NTHR, backward)
                     rollout = metrics.get("time/generation", 0.0) + metrics.get("time/env", 0.0)
                     updates[name].append(elapsed - rollout)
@@ -109,15 +118,20 @@ def main() -> None:
         finally:
             pool.close()
     base = statistics.median(times["GRPO"])
+    base_cpu = statistics.median(cpu["GRPO"])
     base_update = statistics.median(updates["GRPO"])
     print(
         f"round of {a.tasks} tasks x G={a.group}, {a.steps} steps max, tiny model on CPU, 1 thread, "
-        f"median of {a.rounds} interleaved rounds"
+        f"median of {a.rounds} interleaved rounds (wall; CPU: this process)"
     )
-    print(f"{'':<12}{'round s':>9}{'vs GRPO':>9}{'update s':>10}{'vs GRPO':>9}{'samples':>9}  extra")
+    print(
+        f"{'':<12}{'wall s':>8}{'vs GRPO':>9}{'CPU s':>8}{'vs GRPO':>9}{'update s':>10}{'vs GRPO':>9}"
+        f"{'samples':>9}  extra"
+    )
     for name in runs:
         m = last[name]
         med, upd = statistics.median(times[name]), statistics.median(updates[name])
+        c = statistics.median(cpu[name])
         extra = ""
         if "critic/value_loss" in m:
             extra = f"value loss {m['critic/value_loss']:.3f}, explained var {m.get('critic/explained_variance', 0):.2f}"
@@ -126,7 +140,8 @@ def main() -> None:
         elif "value_head/loss" in m:
             extra = f"value-head BCE {m['value_head/loss']:.3f}"
         print(
-            f"{name:<12}{med:>9.2f}{med / base:>8.2f}x{upd:>10.2f}{upd / base_update:>8.2f}x"
+            f"{name:<12}{med:>8.2f}{med / base:>8.2f}x{c:>8.2f}{c / base_cpu:>8.2f}x"
+            f"{upd:>10.2f}{upd / base_update:>8.2f}x"
             f"{m.get('rollout/samples', 0):>9.0f}  {extra}"
         )
 

@@ -83,10 +83,15 @@ def test_every_rl_config_passes_config_check(tmp_path, monkeypatch, capsys):
     from gcd_trl.trainers.token import AgentTokenTrainer
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    model = tmp_path / "model"  # config check, like rl, needs the model (offline: a saved folder)
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     files = _rl_configs()
     assert len(files) >= 4 * 3 + 4 * 7 + 3
     for path in files:
-        code = run_check(argparse.Namespace(file=str(path), all=False, overrides=[]))
+        code = run_check(
+            argparse.Namespace(file=str(path), all=False, overrides=["--model_name_or_path", str(model)])
+        )
         out, err = capsys.readouterr()
         assert code == 0, f"{path.name}: {err}"
         cls = trainer_class(argparse.Namespace(**yaml.safe_load(out)["trainer"]))

@@ -123,10 +123,14 @@ def test_every_shipped_config_passes_config_check(tmp_path, monkeypatch, capsys)
     from gcd_trl.commands.config import run_check
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    model = tmp_path / "model"  # config check, like rl, needs the model to exist (offline: a saved folder)
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     files = sorted((REPO / "configs" / "rl").glob("*.yaml"))
     assert len(files) >= 12 + 4
     for path in files:
-        code = run_check(argparse.Namespace(file=str(path), all=False, overrides=[]))
+        overrides = ["--model_name_or_path", str(model)]
+        code = run_check(argparse.Namespace(file=str(path), all=False, overrides=overrides))
         out, err = capsys.readouterr()
         assert code == 0, f"{path.name}: {err}"
         assert out.startswith(f"# {path}: OK")
@@ -138,7 +142,12 @@ def test_every_shipped_config_passes_config_check(tmp_path, monkeypatch, capsys)
 def test_config_check_cli_reports_errors_and_resolved_values(tmp_path):
     bad = run_cli(write(tmp_path, "omega: -1\n"))
     assert bad.returncode == 2 and "config error: omega=-1 must be >= 0.0" in bad.stderr
-    good = run_cli(write(tmp_path, "tasks_per_round: 3\n"), "--gamma", "0.8")
+    model = tmp_path / "model"  # offline (HF_HUB_OFFLINE=1), the model must be a saved folder
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    good = run_cli(
+        write(tmp_path, "tasks_per_round: 3\n"), "--gamma", "0.8", "--model_name_or_path", str(model)
+    )
     assert good.returncode == 0, good.stderr
     assert "tasks_per_round: 3" in good.stdout and "gamma: 0.8" in good.stdout
     assert "hub_token" not in good.stdout

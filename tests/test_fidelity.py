@@ -394,8 +394,16 @@ def test_config_check_prints_the_resolved_reference_settings(monkeypatch, tmp_pa
     from gcd_trl.commands.config import run_check
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    model = tmp_path / "model"  # config check, like rl, needs the model (offline: a saved folder)
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     path = REPO / "configs" / "rl" / "scienceworld_gigpo_qwen2.5-1.5b.yaml"
-    assert run_check(argparse.Namespace(file=str(path), all=False, overrides=[])) == 0
+    assert (
+        run_check(
+            argparse.Namespace(file=str(path), all=False, overrides=["--model_name_or_path", str(model)])
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     fidelity = out[out.index("\nfidelity:\n") :]
     for line in (
@@ -411,6 +419,15 @@ def test_config_check_prints_the_resolved_reference_settings(monkeypatch, tmp_pa
     ):
         assert line in fidelity, line
     # an override that departs from the references is named
-    assert run_check(argparse.Namespace(file=str(path), all=False, overrides=["--success_reward", "1"])) == 0
+    assert (
+        run_check(
+            argparse.Namespace(
+                file=str(path),
+                all=False,
+                overrides=["--success_reward", "1", "--model_name_or_path", str(model)],
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "differs_from_reference:\n    success_reward:\n      here: 1.0\n      reference: 10.0" in out

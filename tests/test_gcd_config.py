@@ -103,10 +103,15 @@ def test_every_gcd_config_passes_config_check(tmp_path, monkeypatch, capsys):
     from gcd_trl.commands.config import run_check
 
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    model = tmp_path / "model"  # config check, like rl, needs the model (offline: a saved folder)
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     files = _configs()
     assert len(files) >= 36 + 3
     for path in files:
-        code = run_check(argparse.Namespace(file=str(path), all=False, overrides=[]))
+        code = run_check(
+            argparse.Namespace(file=str(path), all=False, overrides=["--model_name_or_path", str(model)])
+        )
         out, err = capsys.readouterr()
         assert code == 0, f"{path.name}: {err}"
         resolved = yaml.safe_load(out)

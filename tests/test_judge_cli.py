@@ -211,3 +211,20 @@ def test_command_line_end_to_end_with_the_key_from_the_environment(openai_server
     written = (tmp_path / "o.jsonl").read_text() + proc.stdout + proc.stderr
     written += "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
     assert "sk-cli-secret-42" not in written
+
+
+def test_progress_of_the_requests_on_stderr(openai_server, tmp_path, capsys):
+    openai_server.answer = answer_by_marker
+    src = write_jsonl(tmp_path / "steps.jsonl", rollout_steps(["GOOD", "BAD", "GOOD", "BAD", "GOOD", "BAD"]))
+    common = ["--input", src, "--base-url", openai_server.base_url, "--model", "judge-model"]
+    code, summary, err = run_cli(
+        capsys, *common, "--output", tmp_path / "a.jsonl", "--cache-dir", tmp_path / "a"
+    )
+    assert code == 0 and summary["requests"] == 6
+    assert (
+        "judge: 100%" in err and "6/6" in err
+    )  # steps judged / total, on stderr; stdout is the JSON summary
+    code, _, err = run_cli(
+        capsys, *common, "--output", tmp_path / "b.jsonl", "--cache-dir", tmp_path / "b", "--quiet"
+    )
+    assert code == 0 and "judge:" not in err

@@ -146,6 +146,7 @@ def parse_dataclasses(
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a file path")
         check_yaml(argv[i + 1], classes)
+    check_known_arguments(argv, classes)
     parser = TrlParser(list(classes))
     if defaults:
         parser.set_defaults(**defaults)
@@ -159,6 +160,43 @@ def parse_dataclasses(
         ) from err
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+def check_known_arguments(
+    argv: Sequence[str], classes: Sequence[type], hints: dict[str, str] | None = None
+) -> None:
+    """Refuse command-line arguments no field takes, naming the first one and the closest field, as the YAML
+    check does (HfArgumentParser only lists them as "not used", and only after building the dataclasses,
+    whose own checks may fail first on something else). `hints`: key -> what to use instead."""
+    from trl import TrlParser
+
+    args = list(argv)
+    if "--config" in args:
+        i = args.index("--config")
+        del args[i : i + 2]
+    try:
+        _, unknown = TrlParser(list(classes)).parse_known_args(args)
+    except SystemExit:  # a bad value or a missing field: the full parse reports it
+        return
+    if unknown:
+        raise unknown_arguments(unknown, classes, hints)
+
+
+def unknown_arguments(
+    remaining: Sequence[str], classes: Sequence[type], hints: dict[str, str] | None = None
+) -> ConfigError:
+    """The error for command-line arguments no field takes (see `check_known_arguments`)."""
+    flags = [a for a in remaining if a.startswith("-")]
+    if not flags:
+        return ConfigError(f"unexpected argument {remaining[0]!r} (values follow a --key)")
+    flag = flags[0].split("=", 1)[0]
+    key = flag.lstrip("-").replace("-", "_")
+    if hints and key in hints:
+        return ConfigError(f"unknown option {flag}: {hints[key]}")
+    known = [f.name for cls in classes for f in dataclasses.fields(cls) if f.init]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return ConfigError(f"unknown option {flag}{hint}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Processes: which one this is, printing once, and sums / maxima / objects over all of them.
 
-Rank and world size come from the launcher's environment (torchrun, accelerate, MPI), so they work before
-and without a process group. The reductions take an `accelerate.Accelerator`, go through its `reduce`,
+Rank and world size are accelerate's (`PartialState`) once an `Accelerator` has set its state up (the
+trainers do); before that, and in commands that never start one, they come from the launcher's
+environment (torchrun, accelerate, MPI), so they work before and without a process group. The reductions take an `accelerate.Accelerator`, go through its `reduce`,
 `gather_object` and `broadcast_object_list`, and are the identity with one process. Nothing here imports
 torch at module level: `gcd-trl -h` stays instant.
 """
@@ -14,8 +15,23 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def accelerate_state() -> Any:
+    """accelerate's `PartialState` when an `Accelerator` has initialised it, else None. Importing accelerate
+    (and torch) only to learn that nothing is initialised would slow every command, so a process that has
+    not imported it has no state."""
+    if "accelerate" not in sys.modules:
+        return None
+    from accelerate.state import PartialState, is_initialized
+
+    return PartialState() if is_initialized() else None
+
+
 def process_rank() -> int:
-    """This process's global rank under torchrun / accelerate / deepspeed / MPI (0 when launched alone)."""
+    """This process's global rank: accelerate's, else the launcher's (torchrun / accelerate / deepspeed /
+    MPI; 0 when launched alone)."""
+    state = accelerate_state()
+    if state is not None:
+        return state.process_index
     for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
@@ -23,6 +39,9 @@ def process_rank() -> int:
 
 
 def world_size() -> int:
+    state = accelerate_state()
+    if state is not None:
+        return state.num_processes
     for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
@@ -34,7 +53,8 @@ def is_main_process() -> bool:
 
 
 def print_once(*args: Any, file=None, **kwargs: Any) -> None:
-    """`print` to stderr on the main process only: status lines, and errors every rank finds alike."""
+    """`print` to stderr on the main process only: status lines, and errors every rank finds alike
+    (accelerate's `PartialState.print` writes to stdout, which holds the commands' JSON summaries)."""
     if is_main_process():
         kwargs.setdefault("flush", True)
         print(*args, file=sys.stderr if file is None else file, **kwargs)

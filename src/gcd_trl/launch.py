@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,19 @@ def accelerate_launch_args(
 
 
 def maybe_launch(
-    command: str, argv: list[str], config: str | None, n: int | None, config_file: str | None = None
+    command: str,
+    argv: list[str],
+    config: str | None,
+    n: int | None,
+    config_file: str | None = None,
+    check: Callable[[list[str]], None] | None = None,
 ) -> int | None:
     """Relaunch `gcd-trl COMMAND ARGV` under accelerate when an accelerate config (`config`) or a process
-    count (`n`) is given and we are not already a launched process. `config_file`: the run config, checked
-    once here rather than once per launched rank. Returns the exit code, or None to run here."""
+    count (`n`) is given and we are not already a launched process. `config_file` (the run config) and
+    `check(argv)` (the command's checks before a model loads; raises ConfigError) run once here, in the
+    launched processes' environment, rather than once per rank behind torchrun's report of failed
+    children. Returns the exit code (2 when every failed process exited 2: bad input), or None to run
+    here."""
     if config is None and n is None:
         return None
     if "LOCAL_RANK" in os.environ and world_size() > 1:
@@ -122,17 +131,22 @@ def maybe_launch(
 
     script = ["-m", "gcd_trl", command, *argv]
     parsed = launch_command_parser().parse_args([*launch_args, *script])
-    print_once(f"gcd-trl {command}: accelerate launch {' '.join(launch_args)} {' '.join(script)}")
     saved = os.environ.get("ACCELERATE_USE_CPU")
     if cpu:
         os.environ["ACCELERATE_USE_CPU"] = "true"  # TrainingArguments then picks the gloo CPU backend
     try:
+        if check is not None:
+            check(argv)
+        print_once(f"gcd-trl {command}: accelerate launch {' '.join(launch_args)} {' '.join(script)}")
         launch_command(parsed)
     except SystemExit as err:  # accelerate exits with the failed worker's code
         return int(err.code or 0) if not isinstance(err.code, str) else 1
+    except ConfigError:
+        raise
     except Exception as err:  # torchrun's ChildFailedError, CalledProcessError: already reported above
+        codes = {getattr(f, "exitcode", None) for f in getattr(err, "failures", {}).values()}
         print(f"gcd-trl {command}: launched processes failed: {type(err).__name__}", file=sys.stderr)
-        return 1
+        return 2 if codes == {2} else 1
     finally:
         if saved is None:
             os.environ.pop("ACCELERATE_USE_CPU", None)

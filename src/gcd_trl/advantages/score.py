@@ -1,39 +1,76 @@
-"""Advantages of a file of step records (`gcd-trl advantages`): read JSONL keeping line numbers, compute
-the advantage terms, and name the record (file:line) of any input the estimators cannot score: invalid
-JSON, a step index out of range, or rewards so large the group statistics overflow.
+"""Advantages of a file of step records (`gcd-trl advantages`): read JSONL keeping line numbers (step files
+and eval episode files alike), compute the advantage terms, and name the record (file:line) of any input
+the estimators cannot score: invalid JSON, NaN or Infinity, a field of the wrong type, a step index out of
+range, or rewards so large the group statistics overflow.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TextIO
 
 import numpy as np
 
 from gcd_trl.advantages import compute_advantage_terms
 from gcd_trl.advantages.common import AdvantageConfig, RecordError, records_to_batch
+from gcd_trl.rollout.records import check_field_types, episode_steps
 
 STEP_RANGE = 2**31  # step indices are episode step counts; far larger ones overflow GiGPO's sort key
 REWARD_LIMIT = 1e150  # squares and sums of a group's rewards must stay finite (float64 ends near 1.8e308)
 
 
 def read_records(stream: TextIO, name: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """Step records and their line numbers. Step files hold one record a line; an eval `episodes.jsonl` line
+    holds an episode whose `trajectory` lists its steps: they are read alike, each episode a trajectory of
+    the group of its task (eval's own group and traj count positions in a batch, not tasks). Every schema
+    field a record holds must have its type (`rollout.records`), and NaN / Infinity are refused, naming
+    the file, line and field."""
     records, lines = [], []
     for lineno, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        where = f"{name}:{lineno}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{name}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{name}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        step = record.get("step")
-        if isinstance(step, int) and not isinstance(step, bool) and not 0 <= step < STEP_RANGE:
-            raise ValueError(f"{name}:{lineno}: step {step} is out of range (0 <= step < 2**31)")
-        records.append(record)
-        lines.append(lineno)
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        bad = non_finite_field(record)
+        if bad is not None:
+            raise ValueError(
+                f"{where}: {bad[0]} is {bad[1]}, not a finite number (NaN and Infinity are not JSON)"
+            )
+        if isinstance(record, dict) and "trajectory" in record:
+            steps = episode_steps(record, where, check_field_types)
+            for rec in steps:
+                rec["group"] = record.get("task", rec.get("group"))
+                rec["traj"] = lineno
+        else:
+            steps = [check_field_types(record, where)]
+        for rec in steps:
+            step = rec.get("step")
+            if isinstance(step, int) and not isinstance(step, bool) and not 0 <= step < STEP_RANGE:
+                raise ValueError(f"{where}: step {step} is out of range (0 <= step < 2**31)")
+            records.append(rec)
+            lines.append(lineno)
     return records, lines
+
+
+def non_finite_field(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The first NaN or infinite number in a parsed JSON value: (its field path, the number), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "the record", value
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = non_finite_field(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def check_magnitudes(batch: Any, lines: list[int], name: str) -> None:

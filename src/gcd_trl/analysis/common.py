@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -238,6 +239,16 @@ def distinct_prompts(records: Iterable[Mapping[str, Any]]) -> list[dict]:
 
 
 # ---- forward passes ------------------------------------------------------------------------------------
+def progress(
+    items: Iterable[Any], desc: str, total: int | None = None, unit: str = "sample"
+) -> Iterable[Any]:
+    """`items` with a progress bar on stderr (as `gcd-trl eval` shows one): the analyses run one forward or
+    backward pass per sample for minutes on a CPU. The bar is dropped when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
 def _batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]:
     """Indices grouped (by length, so padding stays small) into batches of at most max_tokens padded tokens."""
     order = sorted(range(len(samples)), key=lambda i: samples[i].length)
@@ -297,7 +308,8 @@ def forward_samples(
     readout = model.get_output_embeddings()
     out: list[Forward] = [Forward() for _ in samples]
     with torch.no_grad():
-        for idx in _batches(samples, max_batch_tokens):
+        batches = _batches(samples, max_batch_tokens)
+        for idx in progress(batches, "forward", unit="batch"):
             batch = [samples[i] for i in idx]
             ids, mask = _pad(batch, pad_id, model.device)
             hs = hidden_states(model, ids, mask).float()
@@ -424,7 +436,7 @@ class GradientSketch:
     def matrix(self, samples: Sequence[Sample]):
         """(N, width) per-sample gradient rows: one forward+backward per sample."""
         torch = self._torch
-        return torch.stack([self(s) for s in samples])
+        return torch.stack([self(s) for s in progress(samples, "gradients", total=len(samples))])
 
 
 def choose_sketch_dim(

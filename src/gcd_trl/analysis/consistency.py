@@ -27,6 +27,7 @@ from gcd_trl.analysis.common import (
     load_records,
     model_labels,
     pick,
+    progress,
     record_id,
     write_json,
     written_action,
@@ -60,7 +61,7 @@ def consistency_counts(
     """How many of num_samples answers per state repeat its action."""
     flat = [ids for ids in prompt_ids for _ in range(num_samples)]
     texts: list[str] = []
-    for start in range(0, len(flat), batch):
+    for start in progress(range(0, len(flat), batch), "generate", unit="batch"):
         texts.extend(g.text for g in generator.generate_ids(flat[start : start + batch]))
     taken = sampled_actions(texts)
     return [

@@ -9,6 +9,7 @@ others go on; nothing already written is lost.
 
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,10 @@ def run_all(
         "analyses": {},
     }
     results = {}
-    for name in ORDER:
-        if name not in only:
-            continue
-        print(f"[analyze] {name} ...", flush=True)
+    todo, done = [name for name in ORDER if name in only], 0
+    for name in todo:
+        print(f"[analyze] {name} ({done + 1}/{len(todo)}) ...", file=sys.stderr, flush=True)
+        done += 1
         try:
             results[name] = jobs[name]()
             summary["analyses"][name] = {"status": "ok", "json": f"{name}.json", "png": f"{name}.png"}

@@ -64,6 +64,7 @@ def add_trl_command(
     launch: bool = True,
     dataclasses: Callable[[], Sequence[type]] | None = None,
     main: Callable[[list[str]], int] | None = None,
+    check: Callable[[], Callable[[list[str]], None]] | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand whose options are the fields of TrlParser dataclasses.
 
@@ -71,7 +72,8 @@ def add_trl_command(
     (any field can be given as `--key value`); with `launch`, `--accelerate_config` / `--num_processes`
     relaunch the command under accelerate (`gcd_trl.launch`). Unparsed arguments reach the handler as
     `rest`. With `dataclasses` (their loader) and `main(argv) -> exit code`, the handler is `trl_prelude`
-    then `main` with the argv for TrlParser.
+    then `main` with the argv for TrlParser; `check` (its loader) gives the checks made once before a
+    relaunch (default: every argument names a field).
     """
     p = sub.add_parser(name, help=help, description=description, add_help=False, allow_abbrev=False)
     p.add_argument(
@@ -88,7 +90,7 @@ def add_trl_command(
 
         def handler(args: argparse.Namespace, rest: list[str]) -> int:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            argv = trl_prelude(args, rest, name, dataclasses, description)
+            argv = trl_prelude(args, rest, name, dataclasses, description, check)
             return argv if isinstance(argv, int) else main(argv)  # int: -h, or the launched processes' code
 
         p.set_defaults(func=handler)
@@ -151,9 +153,12 @@ def trl_prelude(
     command: str,
     dataclass_types: Callable[[], Sequence[type]],
     description: str | None = None,
+    check: Callable[[], Callable[[list[str]], None]] | None = None,
 ) -> int | list[str]:
     """The common start of a TrlParser-backed handler: `-h` prints the field help (returns 0); the launch
-    flags relaunch under accelerate (returns its exit code); otherwise returns the argv for TrlParser.
+    flags relaunch under accelerate (returns its exit code) after the checks `check()` gives (default:
+    every argument names a field), so bad input is one line and exit 2 rather than every rank failing;
+    otherwise returns the argv for TrlParser.
 
         argv = trl_prelude(args, rest, "sft", lambda: SFT_DATACLASSES)
         if isinstance(argv, int):
@@ -161,8 +166,14 @@ def trl_prelude(
     """
     if getattr(args, "help", False):
         return print_trl_help(f"gcd-trl {command}", dataclass_types(), description)
-    from gcd_trl.config import ConfigError
+    from gcd_trl.config import ConfigError, check_known_arguments
     from gcd_trl.launch import maybe_launch
+
+    def checks(argv: list[str]) -> None:
+        if check is not None:
+            check()(argv)
+        else:
+            check_known_arguments(argv, dataclass_types())
 
     try:
         code = maybe_launch(
@@ -171,6 +182,7 @@ def trl_prelude(
             getattr(args, "accelerate_config", None),
             getattr(args, "num_processes", None),
             getattr(args, "config", None),
+            check=checks,
         )
     except ConfigError as err:
         print(f"gcd-trl {command}: {err}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """`gcd-trl advantages`: compute GRPO / GiGPO / RLVMR advantages for a JSONL file of step records.
 
 The flags are the run config's keys (`--advantage_estimator`, `--gamma`, `--step_adv_norm`, ...) with the
-run's defaults, so a rollout file from `gcd-trl rl` is re-scored to the advantages it holds. Settings and
+run's defaults, so a rollout file from `gcd-trl rl` is re-scored to the advantages it holds; an eval
+`episodes.jsonl` is read alike (`advantages.score.read_records`). Settings and
 results must be finite numbers; the output is written atomically (a kill never leaves half a file).
 """
 
@@ -37,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "raw_action or action, optionally admissible) and write the same records with `advantage`, "
         "`episode_advantage` and `step_advantage` added. Flags are the run config's keys with its "
         "defaults (the references'), so a rollout file from `gcd-trl rl` is re-scored to the advantages "
-        "it holds.",
+        "it holds. An eval episodes.jsonl is read alike: each episode's trajectory, grouped by task (its "
+        "steps are written, one a line).",
     )
     p.add_argument(
         "--advantage_estimator",

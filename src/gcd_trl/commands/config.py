@@ -1,5 +1,9 @@
 """`gcd-trl config check FILE`: validate a run config and print the values the run will use.
 
+The checks are `gcd-trl rl`'s before a model loads (`trainers.run.check_before_model`: keys and types,
+report_to packages, the prompt template, the model path, precision, the checkpoint to resume), all but
+listing the tasks, which may generate games: a check writes nothing.
+
 After the resolved values comes a `fidelity` block: the settings that decide whether a run reproduces the
 reference baselines (verl-agent's and RLVMR's scripts), each resolved (defaults and template defaults
 filled in), and `differs_from_reference` listing every one that departs from the references (see
@@ -9,6 +13,7 @@ docs/fidelity.md for the reasons).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check = csub.add_parser(
         "check",
         help="Validate FILE and print the resolved values.",
-        description="Validate a run config (unknown keys, types, combinations: the checks `gcd-trl rl` makes "
-        "before loading anything) and print the values the run will use, then its `fidelity` block.",
+        description="Validate a run config (unknown keys, types, combinations, report_to packages, the "
+        "template, the model path, the checkpoint to resume: the checks `gcd-trl rl` makes before loading "
+        "anything, all but listing the tasks) and print the values the run will use, then its `fidelity` block.",
     )
     check.add_argument("file", help="A run config (YAML), e.g. configs/rl/tiny_alfworld_grpo.yaml")
     check.add_argument(
@@ -67,6 +73,7 @@ def run_check(args: argparse.Namespace) -> int:
     from gcd_trl.config import ConfigError, check_yaml
     from gcd_trl.trainers.fidelity import fidelity_summary
     from gcd_trl.trainers.grpo_config import RL_DATACLASSES, parse_rl_config, resolved_dict
+    from gcd_trl.trainers.run import check_before_model
 
     overrides = list(args.overrides)
     note = ""
@@ -77,6 +84,8 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         explicit = set(check_yaml(args.file, RL_DATACLASSES))
         parts = parse_rl_config(["--config", args.file, *overrides])
+        with contextlib.redirect_stdout(sys.stderr):  # the resume notes; stdout is the YAML
+            check_before_model(parts[0], parts[1], parts[3])
         fidelity = fidelity_summary(parts[0], parts[1])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -205,10 +205,11 @@ def env_arguments(args: argparse.Namespace):
     """The RL prompt settings: an RL config's env section, with the options given here on top."""
     from gcd_trl.config import ConfigError
     from gcd_trl.rollout.settings import EnvArguments
-    from gcd_trl.trainers.grpo_config import parse_rl_config
 
     values: dict[str, Any] = {}
     if args.rl_config:
+        from gcd_trl.trainers.grpo_config import parse_rl_config  # TRL, and so torch: only when needed
+
         try:
             _, env, _, _ = parse_rl_config(["--config", args.rl_config])
         except ConfigError as err:
@@ -240,9 +241,19 @@ def env_arguments(args: argparse.Namespace):
         raise ArgError(str(err)) from None
 
 
-def _check_agent_args(args: argparse.Namespace) -> None:
+def _check_agent_paths(args: argparse.Namespace) -> None:
+    """What needs no import: the task source and the folders exist (before an RL config is parsed)."""
     if not args.games and not args.split:
         raise ArgError("one of --games DIR or --split L0|L1|L2 is required")
+    if args.games and not Path(args.games).is_dir():
+        raise ArgError(f"--games {args.games}: no such directory")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ArgError(f"--data_dir {args.data_dir}: no such directory")
+    if args.rl_config and not Path(args.rl_config).is_file():
+        raise ArgError(f"--rl_config {args.rl_config}: no such file")
+
+
+def _check_agent_args(args: argparse.Namespace) -> None:
     for name in ("max_tasks", "expert_max_steps", "workers", "oversample_max"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -256,10 +267,6 @@ def _check_agent_args(args: argparse.Namespace) -> None:
         raise ArgError("--games / --task_types are for alfworld; use --split and --scienceworld_tasks")
     if args.environment == "alfworld" and args.scienceworld_tasks:
         raise ArgError("--scienceworld_tasks is for scienceworld; use --task_types for alfworld")
-    if args.games and not Path(args.games).is_dir():
-        raise ArgError(f"--games {args.games}: no such directory")
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        raise ArgError(f"--data_dir {args.data_dir}: no such directory")
     bad = [t for t in args.task_types or () if t not in range(1, 7)]
     if bad:
         raise ArgError(f"--task_types must be in 1-6, got {bad[0]}")
@@ -270,6 +277,7 @@ def _check_agent_args(args: argparse.Namespace) -> None:
 def run_agent(args: argparse.Namespace) -> int:
     try:
         out = _check_out(args)
+        _check_agent_paths(args)
         env_args = env_arguments(args)
         args.environment = env_args.environment
         _check_agent_args(args)

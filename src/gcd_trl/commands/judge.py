@@ -134,6 +134,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         dest="cache_dir",
         help=f"Answer cache (judge_cache_dir). Default: {default_cache_dir()} (shared by runs).",
     )
+    lab.add_argument("--quiet", action="store_true", help="No progress bar (it goes to stderr).")
     lab.set_defaults(func=run_label)
 
 
@@ -197,7 +198,7 @@ def run_label(args: argparse.Namespace) -> int:
     from gcd_trl.gcd.external import label_with_judge
 
     labelled, summary = label_with_judge(
-        records, settings, template, settings.judge_cache_dir or default_cache_dir()
+        records, settings, template, settings.judge_cache_dir or default_cache_dir(), progress=not args.quiet
     )
     write_jsonl_atomic(args.output, labelled)
     summary["output"] = str(args.output)

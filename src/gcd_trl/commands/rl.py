@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "values (model_name_or_path, ...) are given on the command line.",
         dataclasses=lazy("gcd_trl.trainers.grpo_config", "RL_DATACLASSES"),
         main=main,
+        check=lazy("gcd_trl.trainers.run", "check_arguments"),
     )
 
 

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         config_help="SFT config (YAML), e.g. configs/sft/tiny_alfworld.yaml.",
         dataclasses=lazy("gcd_trl.trainers.sft", "SFT_DATACLASSES"),
         main=main,
+        check=lazy("gcd_trl.trainers.sft", "check_arguments"),
     )
 
 

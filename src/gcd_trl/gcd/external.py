@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -400,8 +401,9 @@ class ExternalJudge:
             results = list(pool.map(lambda p: self._query(p, n, sampling)[0], prompts))
         return results
 
-    def judge_prompts(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
-        """Vote on critic prompts: {"label", "votes", "critiques", "failed", "error"} per prompt."""
+    def judge_prompts(self, prompts: Sequence[str], progress: bool = False) -> list[dict[str, Any]]:
+        """Vote on critic prompts: {"label", "votes", "critiques", "failed", "error"} per prompt. `progress`:
+        a bar on stderr, steps judged / total (offline labelling sends thousands of requests)."""
         sampling = dict(self.sampling)
         with self._lock:
             self._consecutive_down = 0
@@ -427,18 +429,29 @@ class ExternalJudge:
                 "error": None,
             }
 
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="judge", unit="step", file=sys.stderr, disable=not progress)
+
+        def counted(prompt: str) -> dict[str, Any]:
+            result = one(prompt)
+            with self._lock:
+                bar.update(1)
+            return result
+
         results = []
-        for finished, result in map_with_deadline(one, prompts, self.concurrency, self.round_timeout):
-            if not finished:  # past the round's deadline: the rules stand in for this step
-                self._fail("round_deadline")
-                result = {
-                    "label": None,
-                    "votes": [],
-                    "critiques": [],
-                    "failed": True,
-                    "error": "round_deadline",
-                }
-            results.append(result)
+        with bar:
+            for finished, result in map_with_deadline(counted, prompts, self.concurrency, self.round_timeout):
+                if not finished:  # past the round's deadline: the rules stand in for this step
+                    self._fail("round_deadline")
+                    result = {
+                        "label": None,
+                        "votes": [],
+                        "critiques": [],
+                        "failed": True,
+                        "error": "round_deadline",
+                    }
+                results.append(result)
         failed = [r["error"] for r in results if r["failed"]]
         if failed:
             by_kind = collections.Counter(failed)
@@ -450,11 +463,13 @@ class ExternalJudge:
             )
         return results
 
-    def judge_records(self, records: Sequence[Mapping[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    def judge_records(
+        self, records: Sequence[Mapping[str, Any]], progress: bool = False
+    ) -> dict[tuple, dict[str, Any]]:
         """Vote on each agent step record; results keyed by `labels.record_key(record)` for `label_records`."""
         steps = [r for r in records if r.get("kind", "agent") == "agent"]
         prompts = [render_judge_prompt(r, self.template) for r in steps]
-        return {record_key(r): res for r, res in zip(steps, self.judge_prompts(prompts))}
+        return {record_key(r): res for r, res in zip(steps, self.judge_prompts(prompts, progress))}
 
     def stats(self) -> dict[str, Any]:
         """The counters, for metrics and the `judge label` summary."""
@@ -539,11 +554,16 @@ def advice_from_results(
 
 
 def label_with_judge(
-    records: Sequence[Mapping[str, Any]], settings: Any, template: str, cache_dir: str | os.PathLike
+    records: Sequence[Mapping[str, Any]],
+    settings: Any,
+    template: str,
+    cache_dir: str | os.PathLike,
+    progress: bool = False,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Label step records offline (`gcd-trl judge label`): the rules, and with `settings.judge_model` the
-    external judge's votes (`judge_labels` mode; "both" falls back to the rules without a judge). Returns
-    the labelled records and a summary: label counts, requests, cache hits, failures, fallbacks."""
+    external judge's votes (`judge_labels` mode; "both" falls back to the rules without a judge), with a
+    progress bar on stderr when `progress`. Returns the labelled records and a summary: label counts,
+    requests, cache hits, failures, fallbacks."""
     from gcd_trl.gcd.labels import label_counts, label_records
 
     mode = settings.judge_labels
@@ -553,7 +573,7 @@ def label_with_judge(
         judge = ExternalJudge.from_args(settings, cache_dir=cache_dir, template=template)
         judge.round_timeout = None  # offline there is no round to keep short: every step waits its answer
         try:
-            results = judge.judge_records(records)
+            results = judge.judge_records(records, progress=progress)
         finally:
             judge.close()
         stats = judge.stats()

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,21 +77,44 @@ class RecordFileError(ValueError):
     """A step-record file that cannot be read: names the file, the line and the field."""
 
 
-def check_step(record: Any, where: str) -> dict[str, Any]:
-    """Return `record` if it is a valid step record, else raise RecordFileError naming `where` and the field."""
+def check_field_types(record: Any, where: str) -> dict[str, Any]:
+    """Return `record` if every schema field it holds has its type (fields may be missing: `gcd-trl
+    advantages` reads partial records), else raise RecordFileError naming `where` and the field."""
     if not isinstance(record, Mapping):
         raise RecordFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for name, kinds in REQUIRED_STEP_FIELDS.items():
-        if name not in record:
-            raise RecordFileError(f"{where}: missing field {name!r}")
-        if type(record[name]) not in kinds:
-            raise RecordFileError(f"{where}: field {name!r} has the wrong type ({record[name]!r})")
-    for name, kinds in OPTIONAL_STEP_FIELDS.items():
+    for name, kinds in (REQUIRED_STEP_FIELDS | OPTIONAL_STEP_FIELDS).items():
         if name in record and type(record[name]) not in kinds:
             raise RecordFileError(f"{where}: field {name!r} has the wrong type ({record[name]!r})")
     if record.get("kind", "agent") not in KINDS:
         raise RecordFileError(f"{where}: field 'kind' must be one of {KINDS}, got {record['kind']!r}")
     return dict(record)
+
+
+def check_step(record: Any, where: str) -> dict[str, Any]:
+    """Return `record` if it is a valid step record, else raise RecordFileError naming `where` and the field."""
+    if isinstance(record, Mapping):
+        for name in REQUIRED_STEP_FIELDS:
+            if name not in record:
+                raise RecordFileError(f"{where}: missing field {name!r}")
+    return check_field_types(record, where)
+
+
+def episode_steps(
+    line: Mapping[str, Any], where: str, check: Callable[[Any, str], dict[str, Any]] = check_step
+) -> list[dict[str, Any]]:
+    """The step records of an episode line (its `trajectory`), each checked by `check`; the episode's `task`
+    and `won` are copied to steps that lack them."""
+    steps = line["trajectory"]
+    if not isinstance(steps, list):
+        raise RecordFileError(f"{where}: field 'trajectory' must be a list")
+    out = []
+    for i, step in enumerate(steps):
+        rec = check(step, f"{where} trajectory[{i}]")
+        for key in ("task", "won"):
+            if key in line and key not in rec:
+                rec[key] = line[key]
+        out.append(rec)
+    return out
 
 
 def _lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -138,15 +161,7 @@ def read_steps(paths: str | os.PathLike | Iterable[str | os.PathLike], kind: str
             for lineno, obj in _lines(path):
                 where = f"{path}:{lineno}"
                 if isinstance(obj, Mapping) and "trajectory" in obj:
-                    steps = obj["trajectory"]
-                    if not isinstance(steps, list):
-                        raise RecordFileError(f"{where}: field 'trajectory' must be a list")
-                    for i, step in enumerate(steps):
-                        rec = check_step(step, f"{where} trajectory[{i}]")
-                        for key in ("task", "won"):
-                            if key in obj and key not in rec:
-                                rec[key] = obj[key]
-                        out.append(rec)
+                    out.extend(episode_steps(obj, where))
                 else:
                     out.append(check_step(obj, where))
     if kind is not None:

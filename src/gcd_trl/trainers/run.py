@@ -47,13 +47,13 @@ def trainer_class(args) -> type:
     return AgentGRPOTrainer
 
 
-def prepare(argv: list[str]):
-    """Parse and check everything that needs no model. Returns (train, env, gcd, model_args, tasks)."""
-    check_model_given(argv)  # before TRL is imported: `gcd-trl rl` alone fails in a second
+def check_before_model(train, env, model_args) -> None:
+    """The checks of parsed arguments that read no model and write nothing (`gcd-trl rl` and `gcd-trl config
+    check` make them alike): output_dir writable, the hub token, report_to packages, the prompt template, the
+    model path, parameter precision, and the checkpoint to resume (`train.resume_from_checkpoint` becomes
+    the folder). Raises ConfigError naming the key."""
     from gcd_trl.trainers.checkpoints import resolve_resume
-    from gcd_trl.trainers.grpo_config import parse_rl_config
 
-    train, env, gcd, model_args = parse_rl_config(argv)
     check_writable_dir("output_dir", train.output_dir)  # not after the model loads and a round has run
     if train.hub_token:
         raise ConfigError(
@@ -72,6 +72,25 @@ def prepare(argv: list[str]):
         train.resume_from_checkpoint = resolve_resume(train.resume_from_checkpoint, train.output_dir)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+def check_arguments(argv: list[str]) -> None:
+    """`prepare`'s checks up to listing the tasks: what a relaunch under accelerate checks once, before
+    starting the processes."""
+    from gcd_trl.trainers.grpo_config import parse_rl_config
+
+    check_model_given(argv)
+    train, env, _, model_args = parse_rl_config(argv)
+    check_before_model(train, env, model_args)
+
+
+def prepare(argv: list[str]):
+    """Parse and check everything that needs no model. Returns (train, env, gcd, model_args, tasks)."""
+    check_model_given(argv)  # before TRL is imported: `gcd-trl rl` alone fails in a second
+    from gcd_trl.trainers.grpo_config import parse_rl_config
+
+    train, env, gcd, model_args = parse_rl_config(argv)
+    check_before_model(train, env, model_args)
     tasks = build_tasks(env, LOG)
     if env.eval_split:
         build_eval_tasks(env)  # a missing or empty eval split fails now, not after the model loads

@@ -30,7 +30,13 @@ from typing import Any
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from gcd_trl.config import ConfigError, check_report_to, check_training_precision, low_precision_field
+from gcd_trl.config import (
+    ConfigError,
+    check_known_arguments,
+    check_report_to,
+    check_training_precision,
+    low_precision_field,
+)
 from gcd_trl.hub import HubError, check_hub, push_folder
 from gcd_trl.trainers.card import sft_card, write_run_config
 
@@ -105,6 +111,17 @@ class SFTDataArguments:
 
 
 SFT_DATACLASSES = (SFTConfig, SFTDataArguments, ModelConfig)
+# `trl sft`'s ScriptArguments keys, which this command spells differently: key -> what to use here
+_DATASETS_HINT = (
+    "the data comes from `datasets:` (a list of {path, weight}, mixed by weight) or --dataset_path "
+    "PATH|HUB_ID (one dataset)"
+)
+TRL_KEYS = {
+    "dataset_name": _DATASETS_HINT,
+    "dataset_config": _DATASETS_HINT + "; a Hub configuration is `name:` in a `datasets:` entry",
+    "dataset_train_split": _DATASETS_HINT + "; the split is `split:` in a `datasets:` entry",
+    "dataset_mixture": _DATASETS_HINT,
+}
 
 
 def _check_yaml_keys(path: str) -> None:
@@ -124,6 +141,8 @@ def _check_yaml_keys(path: str) -> None:
     for key in data:
         if key == "env" and isinstance(data[key], dict):
             continue  # TrlParser's environment-variable block
+        if key in TRL_KEYS:
+            raise SFTInputError(f"{path}: unknown key {key!r}: {TRL_KEYS[key]}")
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -138,6 +157,10 @@ def parse_sft_config(argv: list[str]) -> tuple[SFTConfig, SFTDataArguments, Mode
         if i + 1 >= len(argv):
             raise SFTInputError("--config needs a file path")
         _check_yaml_keys(argv[i + 1])
+    try:
+        check_known_arguments(argv, SFT_DATACLASSES, TRL_KEYS)
+    except ConfigError as err:
+        raise SFTInputError(str(err)) from None
     parser = TrlParser(SFT_DATACLASSES)
     try:
         train, data, model = parser.parse_args_and_config(argv)
@@ -166,6 +189,14 @@ def parse_sft_config(argv: list[str]) -> tuple[SFTConfig, SFTDataArguments, Mode
         except HubError as err:
             raise SFTInputError(str(err)) from None
     return train, data, model
+
+
+def check_arguments(argv: list[str]) -> None:
+    """`parse_sft_config`'s checks as a ConfigError: what a relaunch under accelerate checks once."""
+    try:
+        parse_sft_config(argv)
+    except SFTInputError as err:
+        raise ConfigError(str(err)) from None
 
 
 # ---- data ------------------------------------------------------------------------------------------------
