@@ -154,7 +154,16 @@ def test_config_check_makes_the_checks_rl_makes(tmp_path, capsys, keys, message)
 # ---- the launcher ------------------------------------------------------------------------------------------
 def test_a_relaunch_checks_once_before_starting_processes(tmp_path, capsys):
     code, _, err = run_cli(
-        "rl", "--accelerate_config", "cpu", "--num_processes", "2", "--lerning_rate", "1e-4", capsys=capsys
+        "rl",
+        "--accelerate_config",
+        "cpu",
+        "--num_processes",
+        "2",
+        "--model_name_or_path",
+        str(tmp_path / "model"),
+        "--lerning_rate",
+        "1e-4",
+        capsys=capsys,
     )
     assert (
         code == 2
