@@ -65,26 +65,9 @@ def _trainer(kind: str, model_dir: str, out_dir: Path, tasks: list[dict], pool):
     from gcd_trl.rollout.settings import EnvArguments
     from gcd_trl.trainers.grpo_config import AgentGRPOConfig
     from gcd_trl.trainers.run import trainer_class
+    from helpers import small_run_args
 
-    common = dict(
-        output_dir=str(out_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        num_generations=2,
-        tasks_per_round=2,
-        max_completion_length=16,
-        max_tokens_per_microbatch=2048,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        activation_checkpointing=False,
-        seed=0,
-        max_steps=2,
-        disable_tqdm=True,
-    )
+    common = small_run_args(out_dir, lr_scheduler_type="constant", save_strategy="steps", save_steps=1)
     env_args = EnvArguments(environment="alfworld", split="all", max_episode_steps=4, history_length=2)
     gcd_args = None
     if kind == "gigpo_gcd":

@@ -7,7 +7,8 @@
     server.stop()
 
 In a test module, `from openai_server import openai_server_fixture  # noqa: F401` provides the fixture
-`openai_server`: a started server, stopped after the test.
+`openai_server`: a started server, stopped after the test; `marked_steps(markers)` gives agent steps whose
+prompts carry the markers an `answer` or `fault_for` keys on.
 
 What it answers, per request to POST /v1/chat/completions (also /chat/completions):
 1. the next item queued with `script(...)`, if any: a `Fault`, a string (the text of every choice), or a
@@ -44,6 +45,24 @@ import pytest
 GOOD_ANSWER = (
     "<think>The action makes progress.</think>\n<answer>\\boxed{1}</answer>\n<advise>Keep going.</advise>"
 )
+
+
+def marked_steps(markers: list[str], won_last: bool = False) -> list[dict]:
+    """Valid agent steps for a judge, one per marker, each prompt carrying its `[marker]` for `answer` or
+    `fault_for` to key on; with `won_last`, the last step won (the rules call it good)."""
+    return [
+        {
+            "group": 0,
+            "traj": 0,
+            "step": i,
+            "anchor": f"obs {i}",
+            "prompt": f"Task: put a mug in cabinet. Observation {i}. [{m}]",
+            "completion": f"<think>x</think><action>go to desk {i}</action>",
+            "valid": True,
+            "won": won_last and i == len(markers) - 1,
+        }
+        for i, m in enumerate(markers)
+    ]
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, capsys) -> tuple[int, str, str]:
-    """`gcd-trl ARGS` in this process: (exit code, stdout, stderr)."""
-    from gcd_trl.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 # ---- gcd-trl advantages ----------------------------------------------------------------------------------

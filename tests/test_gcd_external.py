@@ -10,7 +10,7 @@ import pytest
 
 from gcd_trl.gcd.external import ExternalGenerator, ExternalJudge, aggregate_votes, request_key
 from gcd_trl.gcd.labels import label_records
-from openai_server import Fault, OpenAIServer, openai_server_fixture  # noqa: F401 (the fixture)
+from openai_server import Fault, OpenAIServer, marked_steps, openai_server_fixture  # noqa: F401 (the fixture)
 
 
 def box(score, advise="Explore unvisited receptacles first."):
@@ -28,24 +28,6 @@ def by_marker(prompt: str, index: int) -> str:
     if "NOBOX" in prompt:
         return "<think>hmm</think><answer>it is fine</answer>"
     return box(1)
-
-
-def steps(markers, won_last=False):
-    out = []
-    for i, m in enumerate(markers):
-        out.append(
-            {
-                "group": 0,
-                "traj": 0,
-                "step": i,
-                "anchor": f"obs {i}",
-                "prompt": f"Task: put a mug in cabinet. Observation {i}. [{m}]",
-                "completion": f"<think>x</think><action>go to desk {i}</action>",
-                "valid": True,
-                "won": won_last and i == len(markers) - 1,
-            }
-        )
-    return out
 
 
 def make_judge(server: OpenAIServer, tmp_path, **kw) -> ExternalJudge:
@@ -74,7 +56,7 @@ def test_aggregate_votes():
 
 
 def test_votes_agreement_and_a_second_run_makes_no_requests(server, tmp_path):
-    records = steps(["GOOD", "BAD", "SPLIT", "NOBOX"])
+    records = marked_steps(["GOOD", "BAD", "SPLIT", "NOBOX"])
     judge = make_judge(server, tmp_path)
     results = judge.judge_records(records)
     got = [results[(None, None, 0, 0, i)] for i in range(4)]
@@ -96,13 +78,13 @@ def test_votes_agreement_and_a_second_run_makes_no_requests(server, tmp_path):
 def test_fewer_choices_than_votes_are_topped_up_and_repeat_mode(server, tmp_path):
     server.max_choices = 1  # a server that ignores n
     judge = make_judge(server, tmp_path / "a")
-    res = judge.judge_records(steps(["GOOD", "BAD"]))
+    res = judge.judge_records(marked_steps(["GOOD", "BAD"]))
     assert [r["label"] for r in res.values()] == [1, 0]
     assert judge.stats()["requests"] == 6
     server.max_choices = None
     server.reset_counts()
     rep = make_judge(server, tmp_path / "b", vote_mode="repeat")
-    res = rep.judge_records(steps(["GOOD", "BAD"]))
+    res = rep.judge_records(marked_steps(["GOOD", "BAD"]))
     assert [len(r["votes"]) for r in res.values()] == [3, 3]
     assert server.requests == 6 and all("n" not in b for b in server.bodies)
 
@@ -110,7 +92,7 @@ def test_fewer_choices_than_votes_are_topped_up_and_repeat_mode(server, tmp_path
 def test_transient_faults_are_retried_by_the_client_and_counted_as_requests(server, tmp_path):
     server.script(Fault.rate_limit(0.01), Fault.server_error(), Fault.hang(5.0))
     judge = make_judge(server, tmp_path, concurrency=1, timeout=0.5, max_retries=3)
-    res = judge.judge_records(steps(["GOOD", "BAD", "GOOD"]))
+    res = judge.judge_records(marked_steps(["GOOD", "BAD", "GOOD"]))
     assert [r["label"] for r in res.values()] == [1, 0, 1]
     assert judge.stats()["requests"] == server.requests == 6  # 3 steps + 3 retries
     assert judge.stats()["failures"] == {}
@@ -128,7 +110,7 @@ def test_persistent_faults_fall_back_to_the_rules_and_are_counted_by_kind(server
     }
     server.fault_for = lambda prompt, body: next((f for m, f in faults.items() if f"[{m}]" in prompt), None)
     markers = ["GOOD", "RATE", "HANG", "MALFORMED", "EMPTY", "E400", "NOBOX", "BAD", "E500"]
-    records = steps(markers, won_last=True)
+    records = marked_steps(markers, won_last=True)
     judge = make_judge(server, tmp_path, timeout=0.3, max_retries=1)
     with caplog.at_level(logging.WARNING, logger="gcd_trl.gcd.external"):
         results = judge.judge_records(records)
@@ -154,7 +136,7 @@ def test_persistent_faults_fall_back_to_the_rules_and_are_counted_by_kind(server
 def test_second_run_requests_only_what_failed_then_nothing(server, tmp_path):
     down = {"on": True}
     server.fault_for = lambda prompt, body: Fault.server_error() if down["on"] and "[BAD]" in prompt else None
-    records = steps(["GOOD", "BAD", "GOOD", "BAD"])
+    records = marked_steps(["GOOD", "BAD", "GOOD", "BAD"])
     first = make_judge(server, tmp_path, max_retries=0)
     r1 = first.judge_records(records)
     assert [r["failed"] for r in r1.values()] == [False, True, False, True]
@@ -176,7 +158,7 @@ def test_endpoint_down_fails_fast_after_consecutive_connection_errors(tmp_path):
     judge = ExternalJudge(
         "judge-model", url, cache_dir=tmp_path, max_retries=1, timeout=1.0, concurrency=1, down_after=2
     )
-    res = judge.judge_records(steps(["GOOD"] * 5))
+    res = judge.judge_records(marked_steps(["GOOD"] * 5))
     assert all(r["failed"] for r in res.values())
     stats = judge.stats()
     assert stats["failures"] == {"connection": 2, "endpoint_down": 3}
@@ -186,7 +168,7 @@ def test_endpoint_down_fails_fast_after_consecutive_connection_errors(tmp_path):
 def test_request_budget_is_exact_under_concurrency(server, tmp_path, caplog):
     judge = make_judge(server, tmp_path, max_requests=3, concurrency=4)
     with caplog.at_level(logging.WARNING, logger="gcd_trl.gcd.external"):
-        res = judge.judge_records(steps(["GOOD"] * 8))
+        res = judge.judge_records(marked_steps(["GOOD"] * 8))
     assert server.requests == 3 and judge.stats()["requests"] == 3
     assert sum(not r["failed"] for r in res.values()) == 3
     assert judge.stats()["failures"] == {"budget": 5} and judge.stats()["budget_spent"] == "requests"
@@ -194,13 +176,13 @@ def test_request_budget_is_exact_under_concurrency(server, tmp_path, caplog):
     # a resumed run keeps the same budget
     resumed = make_judge(server, tmp_path / "other", max_requests=3)
     resumed.load_state_dict(judge.state_dict())
-    assert all(r["error"] == "budget" for r in resumed.judge_records(steps(["BAD"] * 2)).values())
+    assert all(r["error"] == "budget" for r in resumed.judge_records(marked_steps(["BAD"] * 2)).values())
     assert server.requests == 3
 
 
 def test_token_budget(server, tmp_path):
     judge = make_judge(server, tmp_path, max_tokens_budget=1, concurrency=1)
-    res = judge.judge_records(steps(["GOOD"] * 3))
+    res = judge.judge_records(marked_steps(["GOOD"] * 3))
     assert [r["failed"] for r in res.values()] == [False, True, True]
     assert judge.stats()["budget_spent"] == "tokens" and server.requests == 1
     assert judge.metrics()["judge/external_budget_spent"] == 1.0
@@ -209,7 +191,7 @@ def test_token_budget(server, tmp_path):
 def test_concurrency_is_bounded(server, tmp_path):
     server.fault_for = lambda prompt, body: Fault.hang(0.2)  # slow answers, well within the timeout
     judge = make_judge(server, tmp_path, concurrency=2, timeout=5.0)
-    res = judge.judge_records(steps(["GOOD"] * 6))
+    res = judge.judge_records(marked_steps(["GOOD"] * 6))
     assert all(r["label"] == 1 for r in res.values())
     assert server.max_in_flight == 2
 
@@ -219,7 +201,7 @@ def test_api_key_comes_from_the_named_env_var_and_is_written_nowhere(server, tmp
     monkeypatch.setenv("MY_JUDGE_KEY", secret)
     judge = make_judge(server, tmp_path, api_key_env="MY_JUDGE_KEY")
     with caplog.at_level(logging.DEBUG):
-        judge.judge_records(steps(["GOOD", "BAD"]))
+        judge.judge_records(marked_steps(["GOOD", "BAD"]))
     assert server.headers[0]["authorization"] == f"Bearer {secret}"
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert files and not any(secret in p.read_text() for p in files)
@@ -227,7 +209,7 @@ def test_api_key_comes_from_the_named_env_var_and_is_written_nowhere(server, tmp
 
 
 def test_cache_files_are_per_key_and_a_corrupt_one_is_refetched(server, tmp_path):
-    records = steps(["GOOD"])
+    records = marked_steps(["GOOD"])
     judge = make_judge(server, tmp_path)
     judge.judge_records(records)
     (path,) = [p for p in (tmp_path / "cache").rglob("*.json")]

@@ -13,6 +13,7 @@ import pytest
 
 from gcd_trl.envs.base import EnvSpec, Task
 from gcd_trl.envs.pool import EnvPool
+from helpers import small_run_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -80,23 +81,13 @@ def make(model_dir, out_dir, tasks, pool, estimator="grpo", rows=(), **gcd_overr
 
     rlvmr = estimator == "rlvmr"
     args = AgentGRPOConfig(
-        output_dir=str(out_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        num_generations=2,
-        tasks_per_round=2,
-        max_completion_length=16,
-        max_tokens_per_microbatch=4096,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        activation_checkpointing=False,
-        seed=0,
-        max_steps=2,
-        disable_tqdm=True,
-        advantage_estimator=estimator,
+        **small_run_args(
+            out_dir,
+            max_tokens_per_microbatch=4096,
+            save_strategy="steps",
+            save_steps=1,
+            advantage_estimator=estimator,
+        )
     )
     env_args = EnvArguments(
         environment="alfworld",

@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from gcd_trl.hub import HubError, check_hub, files_to_push, push_folder
+from helpers import tiny_rl_config
 from hub_server import USER, hub_server_fixture  # noqa: F401 (the fixture)
 
 
@@ -140,32 +141,6 @@ def games_dir(tmp_path_factory):
     return str(root)
 
 
-def _rl_config(path, model_dir, games_dir, out):
-    import yaml
-
-    values = dict(
-        model_name_or_path=str(model_dir),
-        output_dir=str(out),
-        environment="alfworld",
-        data_dir=games_dir,
-        split="all",
-        max_episode_steps=2,
-        num_envs=2,
-        tasks_per_round=1,
-        num_generations=2,
-        max_completion_length=8,
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        activation_checkpointing=False,
-        save_strategy="no",
-        logging_steps=1,
-    )
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
-
-
 def _no_token(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
@@ -186,7 +161,7 @@ def test_push_without_a_token_or_hub_fails_before_the_model_loads(command, tmp_p
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     if command == "rl":
-        config = _rl_config(tmp_path / "run.yaml", model_dir, str(tmp_path / "games"), out)
+        config = tiny_rl_config(tmp_path / "run.yaml", model_dir, str(tmp_path / "games"), out)
     else:
         data = tmp_path / "data.jsonl"
         data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
@@ -227,7 +202,7 @@ def test_rl_run_pushes_the_model_card_and_config_but_not_the_bulk(
     out = tmp_path / "agent-run"
     (out / "judge_cache").mkdir(parents=True)
     (out / "judge_cache" / "ab.json").write_text('{"answer": 1}')  # as an external judge leaves it
-    config = _rl_config(tmp_path / "run.yaml", tiny_model_dir, games_dir, out)
+    config = tiny_rl_config(tmp_path / "run.yaml", tiny_model_dir, games_dir, out)
     with pytest.raises(SystemExit) as exc:
         main(["rl", "--config", config, "--push_to_hub", "true", "--hub_model_id", "org/agent"])
     assert exc.value.code == 0, capsys.readouterr()

@@ -7,26 +7,14 @@ from __future__ import annotations
 from gcd_trl.gcd.args import GCDArguments
 from gcd_trl.gcd.external import ExternalJudge, label_with_judge, map_with_deadline
 from gcd_trl.gcd.labels import label_records
-from openai_server import Fault, openai_server_fixture  # noqa: F401 (the fixture)
+from openai_server import Fault, marked_steps, openai_server_fixture  # noqa: F401 (the fixture)
 
 BAD = "<think>t</think><answer>\\boxed{0}</answer><advise>Do not repeat actions.</advise>"
 
 
 def steps(markers: list[str]) -> list[dict]:
     """Agent steps the rules call good (valid, the last one won) and the endpoint calls bad."""
-    return [
-        {
-            "group": 0,
-            "traj": 0,
-            "step": i,
-            "anchor": f"obs {i}",
-            "prompt": f"Task: put a mug in cabinet. Observation {i}. [{m}]",
-            "completion": f"<think>x</think><action>go to desk {i}</action>",
-            "valid": True,
-            "won": i == len(markers) - 1,
-        }
-        for i, m in enumerate(markers)
-    ]
+    return marked_steps(markers, won_last=True)
 
 
 def hanging_judge(server, tmp_path, concurrency: int) -> ExternalJudge:

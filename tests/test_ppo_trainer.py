@@ -11,6 +11,7 @@ import torch
 
 from gcd_trl.envs.base import EnvSpec, Task
 from gcd_trl.envs.pool import EnvPool
+from helpers import small_run_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -39,27 +40,8 @@ def make(model_dir, out_dir, tasks, pool, **overrides):
     from gcd_trl.trainers.run import trainer_class
     from test_trainer import scripted_policy
 
-    kwargs = dict(
-        output_dir=str(out_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        num_generations=2,
-        tasks_per_round=2,
-        max_completion_length=16,
-        max_tokens_per_microbatch=2048,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=1,
-        activation_checkpointing=False,
-        seed=0,
-        max_steps=2,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    args = AgentGRPOConfig(**kwargs)
+    defaults = dict(lr_scheduler_type="constant", save_strategy="steps", save_steps=1)
+    args = AgentGRPOConfig(**small_run_args(out_dir, **{**defaults, **overrides}))
     env_args = EnvArguments(environment="alfworld", split="all", max_episode_steps=3, history_length=2)
     trainer = trainer_class(args)(
         str(model_dir), args=args, train_dataset=Dataset.from_list(tasks), env_args=env_args, env_pool=pool

@@ -15,6 +15,7 @@ import pytest
 
 from gcd_trl.envs.base import EnvSpec, Task
 from gcd_trl.envs.pool import EnvPool
+from helpers import small_run_args, tiny_rl_config, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -90,25 +91,7 @@ def make_trainer(
     from gcd_trl.trainers.grpo import AgentGRPOTrainer
     from gcd_trl.trainers.grpo_config import AgentGRPOConfig
 
-    kwargs = dict(
-        output_dir=str(out_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        num_generations=2,
-        tasks_per_round=2,
-        max_completion_length=16,
-        max_tokens_per_microbatch=2048,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        activation_checkpointing=False,
-        seed=0,
-        max_steps=2,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    args = AgentGRPOConfig(**kwargs)
+    args = AgentGRPOConfig(**small_run_args(out_dir, **overrides))
     env_args = EnvArguments(
         environment=environment,
         split="all" if environment == "alfworld" else "L0",
@@ -254,25 +237,31 @@ def test_scripted_rounds_each_estimator(tiny_model_dir, alfworld_tasks, alfworld
     assert {"group", "traj", "step", "anchor", "valid", "reason", "tag", "won"} <= set(dumped[0])
 
 
+def train_recording_rounds(model_dir, out_dir, tasks, pool, resume=None, **overrides):
+    """Train a scripted-policy trainer (resuming from `resume` if given); (the trainer, the task lists of
+    the rounds it played)."""
+    trainer = make_trainer(model_dir, out_dir, tasks, pool, **overrides)
+    trainer._generate_turn = scripted_policy(trainer)
+    played = []
+    original = trainer.task_sampler.next_round
+
+    def recording():
+        round_tasks = original()
+        played.append(round_tasks)
+        return round_tasks
+
+    trainer.task_sampler.next_round = recording
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, played
+
+
 def test_resume_plays_the_same_task_sequence(tiny_model_dir, alfworld_tasks, alfworld_pool, tmp_path):
     """Uninterrupted: steps 0,1 play round 0 (num_iterations=2), step 2 plays round 1. Resuming from the
     checkpoint after step 1 (mid-round) replays round 0 and then round 1; from step 2, round 1."""
     common = dict(tasks_per_round=1, num_iterations=2, max_steps=3, save_strategy="steps", save_steps=1)
 
     def run(out, resume=None):
-        trainer = make_trainer(tiny_model_dir, out, alfworld_tasks, alfworld_pool, **common)
-        trainer._generate_turn = scripted_policy(trainer)
-        played = []
-        original = trainer.task_sampler.next_round
-
-        def recording():
-            tasks = original()
-            played.append(tasks)
-            return tasks
-
-        trainer.task_sampler.next_round = recording
-        trainer.train(resume_from_checkpoint=resume)
-        return trainer, played
+        return train_recording_rounds(tiny_model_dir, out, alfworld_tasks, alfworld_pool, resume, **common)
 
     trainer_a, seq_a = run(tmp_path / "a")
     assert len(seq_a) == 2 and trainer_a.task_sampler.round == 2
@@ -349,20 +338,13 @@ def test_trainer_rejects_bad_inputs(tiny_model_dir, alfworld_tasks, alfworld_poo
 # ------------------------------------------------------------------------------------------ the command
 
 
-def _write_config(path, **values):
-    import yaml
-
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
-
-
 def test_rl_command_fails_fast_before_loading_a_model(tmp_path):
     from gcd_trl.config import ConfigError as InputError
     from gcd_trl.trainers.run import prepare
 
     games_dir = str(tmp_path / "nope")
     base = dict(environment="alfworld", split="all", use_cpu=True, bf16=False, output_dir=str(tmp_path / "o"))
-    cfg = _write_config(
+    cfg = write_config(
         tmp_path / "a.yaml", model_name_or_path=str(tmp_path / "missing-model"), data_dir=games_dir, **base
     )
     with pytest.raises(InputError, match="model_name_or_path"):
@@ -370,10 +352,10 @@ def test_rl_command_fails_fast_before_loading_a_model(tmp_path):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    cfg = _write_config(tmp_path / "b.yaml", model_name_or_path=str(model_dir), data_dir=games_dir, **base)
+    cfg = write_config(tmp_path / "b.yaml", model_name_or_path=str(model_dir), data_dir=games_dir, **base)
     with pytest.raises(InputError, match="nope"):
         prepare(["--config", cfg])
-    cfg = _write_config(
+    cfg = write_config(
         tmp_path / "c.yaml", model_name_or_path=str(model_dir), data_dir=games_dir, task_per_round=3, **base
     )
     with pytest.raises(InputError, match="task_per_round"):
@@ -382,7 +364,7 @@ def test_rl_command_fails_fast_before_loading_a_model(tmp_path):
         prepare(
             [
                 "--config",
-                _write_config(
+                write_config(
                     tmp_path / "d.yaml", model_name_or_path=str(model_dir), data_dir=games_dir, **base
                 ),
                 "--hub_token",
@@ -398,26 +380,7 @@ def test_rl_command_trains_and_saves(tmp_path, tiny_model_dir, alfworld_tasks, c
     from gcd_trl.cli import main
 
     games_dir = str(Path(alfworld_tasks[0]["game"]).parents[1])
-    cfg = _write_config(
-        tmp_path / "run.yaml",
-        model_name_or_path=str(tiny_model_dir),
-        output_dir=str(tmp_path / "out"),
-        environment="alfworld",
-        data_dir=games_dir,
-        split="all",
-        max_episode_steps=2,
-        num_envs=2,
-        tasks_per_round=1,
-        num_generations=2,
-        max_completion_length=8,
-        max_steps=2,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        activation_checkpointing=False,
-        save_strategy="no",
-        logging_steps=1,
-    )
+    cfg = tiny_rl_config(tmp_path / "run.yaml", tiny_model_dir, games_dir, tmp_path / "out", max_steps=2)
     with pytest.raises(SystemExit) as exit_info:
         main(["rl", "--config", cfg, "--max_steps", "1"])
     assert exit_info.value.code == 0
@@ -463,19 +426,7 @@ def test_mini_batches_take_several_optimizer_steps_per_round(
     )
 
     def run(out, resume=None):
-        trainer = make_trainer(tiny_model_dir, out, alfworld_tasks, alfworld_pool, **common)
-        trainer._generate_turn = scripted_policy(trainer)
-        played = []
-        original = trainer.task_sampler.next_round
-
-        def recording():
-            tasks = original()
-            played.append(tasks)
-            return tasks
-
-        trainer.task_sampler.next_round = recording
-        trainer.train(resume_from_checkpoint=resume)
-        return trainer, played
+        return train_recording_rounds(tiny_model_dir, out, alfworld_tasks, alfworld_pool, resume, **common)
 
     trainer, seq_a = run(tmp_path / "a")
     logs = [h for h in trainer.state.log_history if "loss" in h]

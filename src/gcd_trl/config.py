@@ -101,17 +101,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def check_yaml(path: str | os.PathLike, classes: Sequence[type]) -> dict[str, Any]:
-    """Read a config for `classes` and reject unknown keys and wrongly typed values, naming them."""
+def read_yaml(path: Path) -> Any:
+    """The content of the YAML config file `path` (None when empty); a missing file or bad YAML is a
+    ConfigError naming it."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+
+
+def check_yaml(path: str | os.PathLike, classes: Sequence[type]) -> dict[str, Any]:
+    """Read a config for `classes` and reject unknown keys and wrongly typed values, naming them."""
+    path = Path(path)
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -319,8 +325,6 @@ def check_model_given(argv: Sequence[str], command: str = "rl") -> None:
     """`model_name_or_path` must come from `--config FILE` or the command line. Checked on the raw argv,
     before TRL is imported: without it TrainingArguments fails first, after seconds of imports, on an
     unrelated default (bf16 without a GPU) that never says the model is missing."""
-    import yaml
-
     argv = list(argv)
     if any(a == "--model_name_or_path" or a.startswith("--model_name_or_path=") for a in argv):
         return
@@ -333,12 +337,7 @@ def check_model_given(argv: Sequence[str], command: str = "rl") -> None:
     if i + 1 >= len(argv):
         raise ConfigError("--config needs a file path")
     path = Path(argv[i + 1])
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path)
     if not isinstance(data, dict) or not data.get("model_name_or_path"):
         raise ConfigError(
             f"{path}: model_name_or_path is not set (the model to train: a saved model folder or a Hub "

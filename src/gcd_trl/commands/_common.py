@@ -43,6 +43,15 @@ def add_alias(parser: argparse.ArgumentParser, *old: str, dest: str, **kwargs: A
     parser.add_argument(*old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
 
 
+def add_command(
+    sub: argparse._SubParsersAction, name: str, *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A plain subcommand (its own argparse flags, not config fields) whose -h shows every default."""
+    return sub.add_parser(
+        name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Commands backed by TrlParser dataclasses (rl, sft, eval)
 

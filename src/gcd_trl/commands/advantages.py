@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from gcd_trl.commands._common import CommandError, add_alias, check_output_file, finite_float
+from gcd_trl.commands._common import CommandError, add_alias, add_command, check_output_file, finite_float
 
 
 def _bool(text: str) -> bool:
@@ -29,10 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from gcd_trl.advantages.common import GRPO_FAMILY, GRPO_LEVELS, NORMS, STEP_REWARDS, AdvantageConfig
 
     d = AdvantageConfig()  # the defaults: the run config's and the references'
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "advantages",
         help="Add advantages to step records (JSONL in, JSONL out).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Read one JSON object per step (group, traj, step, episode_reward or won, invalid or "
         "valid; gigpo: anchor, and step_reward or env_reward with --gigpo_step_reward dense; rlvmr: tag, "
         "raw_action or action, optionally admissible) and write the same records with `advantage`, "

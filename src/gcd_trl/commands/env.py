@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gcd_trl.commands._common import add_alias
+from gcd_trl.commands._common import add_alias, add_command
 from gcd_trl.envs.base import ENV_NAMES
 from gcd_trl.envs.splits import LEVELS
 
@@ -39,9 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("env", help="Generate ALFWorld games, write expert data, replay the expert.")
     esub = p.add_subparsers(dest="env_command", required=True, metavar="ACTION")
 
-    gen = esub.add_parser(
+    gen = add_command(
+        esub,
         "generate-alfworld",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Write solvable ALFWorld games (json_2.1.1 layout).",
         description="Write planner-checked ALFWorld games, offline. A folder that already holds exactly "
         "these games is left as it is; one holding other games is refused unless --add.",
@@ -88,9 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("expert", "Play the expert and write one JSONL record per step."),
         ("replay", "Play the expert and print a success summary."),
     ):
-        q = esub.add_parser(
-            name, help=helptext, description=helptext, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        q = add_command(esub, name, help=helptext, description=helptext)
         q.add_argument("--environment", choices=ENV_NAMES, help="The environment. Required.")
         add_alias(q, "--env", dest="environment", choices=ENV_NAMES)
         src = q.add_mutually_exclusive_group()

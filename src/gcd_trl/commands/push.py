@@ -8,12 +8,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from gcd_trl.commands._common import add_command
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "push",
         help="Upload a trained run (model, tokenizer, card, config, golden rules) to the Hugging Face Hub.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Upload a run folder of `gcd-trl rl` or `gcd-trl sft` to the Hub: the model, tokenizer, "
         "README.md, run_config.yaml, summary.json and golden_rules.json; rollouts/ only with --rollouts; never "
         "checkpoints, judge_cache/ or completions/. The token is HF_TOKEN (or `hf auth login`'s); HF_ENDPOINT "

@@ -6,15 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcd_trl.commands._common import add_alias
+from gcd_trl.commands._common import add_alias, add_command
 from gcd_trl.tiny_model import SHAPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tiny-model",
         help="Build a tiny random Qwen2-architecture chat model and tokenizer into a folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a byte-level BPE tokenizer on the packaged ALFWorld/ScienceWorld corpus and save "
         "it with a randomly initialised Qwen2 causal LM, loadable by AutoTokenizer / AutoModelForCausalLM. "
         "The same arguments give byte-identical files.",
