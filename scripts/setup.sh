@@ -23,7 +23,10 @@ import sys, urllib.request
 urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5).close()
 PROBE
       echo "setup: no GPU: torch 2.13.0, the CPU build from $CPU_INDEX"
-      "$VENV/bin/pip" install -q torch==2.13.0 --index-url "$CPU_INDEX"  # it serves the deps too
+      "$VENV/bin/pip" install -q torch==2.13.0 --index-url "$CPU_INDEX" || {  # it serves the deps too
+        echo "setup: $CPU_INDEX has no torch 2.13.0 for this machine: pip's configured index instead"
+        "$VENV/bin/pip" install -q torch==2.13.0
+      }
     else
       echo "setup: no GPU and $CPU_INDEX unreachable: torch 2.13.0 from pip's configured index" \
         "(the CPU build only if that index holds it)"
