@@ -311,7 +311,7 @@ def test_sft_run_pushes_the_model_and_its_card(tmp_path, tiny_model_dir, hub_ser
         save_steps=1,
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         report_to="none",
         num_threads=1,
     )

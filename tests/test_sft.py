@@ -54,7 +54,7 @@ def _config(tmp_path: Path, model_dir: Path, datasets: list[dict], **extra) -> P
         "save_strategy": "no",
         "use_cpu": True,
         "bf16": False,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "report_to": "none",
         "num_threads": 1,
         "seed": 0,

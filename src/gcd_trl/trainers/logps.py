@@ -23,7 +23,7 @@ def add_old_and_ref_logps(trainer: Any, mb: dict[str, Any], reused: bool) -> Non
     input_ids = torch.cat([mb["prompt_ids"], mb["completion_ids"]], dim=1)
     attention_mask = torch.cat([mb["prompt_mask"], mb["completion_mask"]], dim=1)
     keep = mb["completion_ids"].size(1)  # padding rows: attend to their one prompt token only
-    with disable_gradient_checkpointing(t.model, t.args.gradient_checkpointing_kwargs):
+    with disable_gradient_checkpointing(t.model, t.args.activation_checkpointing_kwargs):
         if need_old:
             mb["old_per_token_logps"] = t._get_per_token_logps_and_entropies(
                 t.model, input_ids, attention_mask, keep

@@ -114,9 +114,9 @@ class AgentPPOTrainer(AgentTokenTrainer):
             if not path:
                 raise ValueError("AgentPPOTrainer: set critic_model_name_or_path (the actor has no path)")
             critic_model = load_critic(path, args.model_init_kwargs, seed=args.seed)
-        if args.gradient_checkpointing:
+        if args.activation_checkpointing:
             critic_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+                gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs or {"use_reentrant": False}
             )
         critic_model.config.use_cache = False
         self.critic = acc.prepare_model(critic_model)
@@ -156,7 +156,7 @@ class AgentPPOTrainer(AgentTokenTrainer):
         )
         out: list = [None] * len(samples)
         try:
-            with disable_gradient_checkpointing(critic, self.args.gradient_checkpointing_kwargs):
+            with disable_gradient_checkpointing(critic, self.args.activation_checkpointing_kwargs):
                 for idx in packed:
                     mb = self._collate([samples[i] for i in idx])  # ids and masks are what is read
                     values = self._critic_values(critic, mb).cpu().numpy()

@@ -104,7 +104,7 @@ class AgentTokenTrainer(AgentGRPOTrainer):
         out: list = [None] * len(samples)
         with (
             torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            disable_gradient_checkpointing(self.model, self.args.activation_checkpointing_kwargs),
             self.accelerator.autocast(),
         ):
             for idx in packed:

@@ -341,8 +341,8 @@ def build_trainer(train: TrainingArguments, args: ValueSFTArguments, model_args)
         attn_implementation=model_args.attn_implementation,
         revision=model_args.model_revision,
     )
-    if train.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(train.gradient_checkpointing_kwargs or {"use_reentrant": False})
+    if train.activation_checkpointing:
+        lm.gradient_checkpointing_enable(train.activation_checkpointing_kwargs or {"use_reentrant": False})
     head = ValueHead(hidden_size_of(lm), seed=train.seed)
     trainer = ValueSFTTrainer(
         model=LMWithValueHead(lm, head, args.value_head_coef),
