@@ -246,9 +246,9 @@ class Demo:
         """The policy RL starts from ("SFT" in the tables): the warm start, or this run's own cold start."""
         b, out = self.budget, self.out
         if not b.from_scratch:
-            if not (WARM_START / "model.safetensors").is_file():
+            if not (WARM_START / "model.safetensors.index.json").is_file():
                 raise StageError(
-                    f"the warm start is missing ({WARM_START.relative_to(ROOT)}/model.safetensors): "
+                    f"the warm start is missing ({WARM_START.relative_to(ROOT)}/model.safetensors.index.json): "
                     "`make warm-start` rebuilds it, or run `make demo FROM_SCRATCH=1`"
                 )
             return "warm start", WARM_START

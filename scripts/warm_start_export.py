@@ -70,7 +70,7 @@ def export(args: argparse.Namespace) -> int:
     for old in out.glob("*"):
         if old.is_file() and old.name != "provenance.json":
             old.unlink()
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to(torch.bfloat16).save_pretrained(out, max_shard_size="4MB")  # files under 5 MB for git
     tokenizer.save_pretrained(out)
     data = {}
     for folder in sorted(work.glob("agent_sft_*")) + sorted(work.glob("judge_sft_*")):

@@ -12,6 +12,7 @@ Building is deterministic: the same arguments give byte-identical files.
 from __future__ import annotations
 
 import gzip
+import json
 import math
 from collections.abc import Iterator
 from importlib import resources
@@ -309,9 +310,17 @@ def count_parameters(model_or_dir) -> int:
     if isinstance(model_or_dir, (str, Path)):
         from safetensors import safe_open
 
-        path = Path(model_or_dir) / "model.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"no model.safetensors in {model_or_dir}")
-        with safe_open(str(path), framework="pt") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        folder = Path(model_or_dir)
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():  # sharded (the shipped warm start)
+            paths = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        else:
+            paths = [folder / "model.safetensors"]
+        if not all(p.is_file() for p in paths):
+            raise FileNotFoundError(f"no model.safetensors (or its shards) in {model_or_dir}")
+        total = 0
+        for path in paths:
+            with safe_open(str(path), framework="pt") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        return total
     return sum(p.numel() for p in model_or_dir.parameters())
