@@ -57,6 +57,17 @@ def hub_token() -> str | None:
     return get_token()
 
 
+def check_push_settings(args) -> None:
+    """What every trainer checks of its TrainingArguments before a model loads: no `hub_token` written in a
+    config or on the command line, and with `push_to_hub` a token and a Hub that answers. Raises HubError."""
+    if getattr(args, "hub_token", None):
+        raise HubError(
+            "hub_token must not be written in a config or on the command line: export HF_TOKEN instead"
+        )
+    if getattr(args, "push_to_hub", False):  # no token or no Hub fails now, not after hours of training
+        check_hub()
+
+
 def check_hub(timeout: float = 10.0) -> str:
     """Before any model loads: a token exists and the Hub answers `whoami` with it. Returns the user name.
 

@@ -25,7 +25,7 @@ from gcd_trl.config import (
     check_writable_dir,
 )
 from gcd_trl.dist import is_main_process, print_once
-from gcd_trl.hub import HubError, check_hub, push_folder
+from gcd_trl.hub import HubError, check_hub, check_push_settings, push_folder
 from gcd_trl.rollout.settings import build_eval_tasks, build_tasks
 
 LOG = "gcd-trl rl"
@@ -55,18 +55,13 @@ def check_before_model(train, env, model_args) -> None:
     from gcd_trl.trainers.checkpoints import resolve_resume
 
     check_writable_dir("output_dir", train.output_dir)  # not after the model loads and a round has run
-    if train.hub_token:
-        raise ConfigError(
-            "hub_token must not be written in a config or on the command line: export HF_TOKEN instead"
-        )
     check_report_to(train.report_to)
     env.load_template()
     check_model_path(model_args.model_name_or_path)
-    if train.push_to_hub:  # no token or no Hub fails now, not after hours of training
-        try:
-            check_hub()
-        except HubError as err:
-            raise ConfigError(str(err)) from None
+    try:
+        check_push_settings(train)
+    except HubError as err:
+        raise ConfigError(str(err)) from None
     check_training_precision(train, model_args, train.low_precision_parameters)
     try:  # which checkpoint, decided now: an incomplete newest one falls back to the previous one
         train.resume_from_checkpoint = resolve_resume(train.resume_from_checkpoint, train.output_dir)

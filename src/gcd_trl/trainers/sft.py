@@ -37,7 +37,7 @@ from gcd_trl.config import (
     check_training_precision,
     low_precision_field,
 )
-from gcd_trl.hub import HubError, check_hub, push_folder
+from gcd_trl.hub import HubError, check_hub, check_push_settings, push_folder
 from gcd_trl.trainers.card import sft_card, write_run_config
 
 DATA_FILE_NAMES = ("train.jsonl", "train.parquet")
@@ -174,20 +174,15 @@ def parse_sft_config(argv: list[str]) -> tuple[SFTConfig, SFTDataArguments, Mode
         raise SFTInputError("model_name_or_path is not set")
     if not data.datasets:
         raise SFTInputError("no data: set `datasets` (a list of {path, weight}) or `dataset_path`")
-    if train.hub_token:
-        raise SFTInputError(
-            "hub_token must not be written in a config or on the command line: export HF_TOKEN instead"
-        )
     try:
         check_report_to(train.report_to)
         check_training_precision(train, model, data.low_precision_parameters)
     except ConfigError as err:
         raise SFTInputError(str(err)) from err
-    if train.push_to_hub:  # no token or no Hub fails now, not after training
-        try:
-            check_hub()
-        except HubError as err:
-            raise SFTInputError(str(err)) from None
+    try:
+        check_push_settings(train)
+    except HubError as err:
+        raise SFTInputError(str(err)) from None
     return train, data, model
 
 

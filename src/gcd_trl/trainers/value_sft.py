@@ -38,7 +38,7 @@ from transformers import Trainer, TrainingArguments
 from trl import ModelConfig
 
 from gcd_trl.config import ConfigError, check_training_precision, low_precision_field
-from gcd_trl.hub import HubError, check_hub, push_folder
+from gcd_trl.hub import HubError, check_push_settings, push_folder
 from gcd_trl.trainers.value_head import (
     ValueHead,
     accuracy_counts,
@@ -317,11 +317,10 @@ def parse_config(argv: list[str]):
         check_training_precision(train, model, args.low_precision_parameters)
     except ConfigError as err:
         raise ValueSFTError(str(err)) from err
-    if train.push_to_hub:  # no token or no Hub fails now, not after training
-        try:
-            check_hub()
-        except HubError as err:
-            raise ValueSFTError(str(err)) from None
+    try:
+        check_push_settings(train)
+    except HubError as err:
+        raise ValueSFTError(str(err)) from None
     train.remove_unused_columns = False
     return train, args, model
 
