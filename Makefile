@@ -24,7 +24,7 @@ test: setup
 test-all: setup  # adds the experts on all 134 real valid_unseen games (~18 min more)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: setup  # make demo [FRESH=1] [ROUNDS=N] [FROM_SCRATCH=1] [CORRECTION=1] [DEMO_SMALL=1]
+demo: setup  # make demo [FRESH=1] [ROUNDS=N] [SEED=N] [FROM_SCRATCH=1] [CORRECTION=1] [DEMO_SMALL=1]
 	bash scripts/demo.sh
 
 .PHONY: warm-start

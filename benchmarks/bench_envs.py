@@ -1,4 +1,6 @@
-"""Env steps per second: one in-process env vs. the EnvPool with 2 and 4 workers, side by side.
+"""Env steps per second: one in-process env vs. the EnvPool with 2 and 4 workers, side by side; and
+how long a pool of 8 ALFWorld workers takes to start and reset its first games, workers spawned vs
+forked from the pool's forkserver that has imported the engine (each in a fresh process, interleaved).
 
     python benchmarks/bench_envs.py --alfworld-games ../shared/data/alfworld/json_2.1.1/valid_unseen
 
@@ -13,6 +15,8 @@ import argparse
 import json
 import random
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,6 +133,33 @@ def run_pool(spec: EnvSpec, tasks: list[Task], gold: dict, workers: int, args: a
     return meter
 
 
+def pool_start(games_dir: str, method: str, workers: int) -> float:
+    """Seconds from creating an ALFWorld pool of `workers` to the end of its first reset (call it in a
+    fresh process: the forkserver, once started, serves every later pool of that process)."""
+    tasks = alfworld_tasks(games_dir, workers, tempfile.mkdtemp(prefix="bench_envs_start_"))
+    t0 = time.perf_counter()
+    with EnvPool(EnvSpec("alfworld"), workers, start_method=method) as pool:
+        pool.reset({slot: tasks[slot % len(tasks)] for slot in range(workers)})
+        return time.perf_counter() - t0
+
+
+def pool_start_rows(games_dir: str, workers: int, repeats: int) -> list[dict]:
+    """Median start-up of each method, `repeats` fresh processes each, the methods interleaved."""
+    times: dict[str, list[float]] = {"spawn": [], "forkserver": []}
+    for _ in range(repeats):
+        for method in times:
+            code = (
+                "import sys; sys.path.insert(0, 'benchmarks'); from bench_envs import pool_start; "
+                f"print(pool_start({games_dir!r}, {method!r}, {workers}))"
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            times[method].append(float(out.stdout.strip().splitlines()[-1]))
+    return [
+        {"method": m, "workers": workers, "median_s": round(statistics.median(t), 2), "runs": t}
+        for m, t in times.items()
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--alfworld-games", default="../shared/data/alfworld/json_2.1.1/valid_unseen")
@@ -144,6 +175,7 @@ def main() -> int:
         help="untimed steps per env first (default: alfworld 5, scienceworld 60)",
     )
     parser.add_argument("--max-steps", type=int, default=30, help="episode length cap before a reset")
+    parser.add_argument("--start-repeats", type=int, default=3, help="fresh processes per start-up method")
     args = parser.parse_args()
 
     rows = []
@@ -180,7 +212,14 @@ def main() -> int:
             f"| {row['env']} | {row['mode']} | {row['workers']} | {row['steps']} | {row['seconds']} "
             f"| {row['steps_per_s']} | {row['steps_per_s'] / base:.2f}x |"
         )
-    print(json.dumps({"bench": "envs", "results": rows}))
+    starts = pool_start_rows(args.alfworld_games, 8, args.start_repeats) if "alfworld" in args.envs else []
+    if starts:
+        spawn = starts[0]["median_s"]
+        print("\n| ALFWorld pool of 8: start + first resets | median seconds | vs spawn |")
+        print("|---|---|---|")
+        for row in starts:
+            print(f"| {row['method']} | {row['median_s']} | {row['median_s'] / spawn:.2f}x |")
+    print(json.dumps({"bench": "envs", "results": rows, "pool_start": starts}))
     return 0
 
 

@@ -1,8 +1,8 @@
 """`make demo`: a warm-started tiny model, RL with and without GCD on a room-size curriculum, evaluation,
 a report; offline on 2 CPU cores.
 
-    python -m demo [--out runs/demo] [--rounds N] [--fresh] [--small] [--from_scratch] [--correction]
-    (make demo [FRESH=1] [ROUNDS=N] [DEMO_SMALL=1] [FROM_SCRATCH=1] [CORRECTION=1])
+    python -m demo [--out runs/demo] [--rounds N] [--seed N] [--fresh] [--small] [--from_scratch] [--correction]
+    (make demo [FRESH=1] [ROUNDS=N] [SEED=N] [DEMO_SMALL=1] [FROM_SCRATCH=1] [CORRECTION=1])
 
 Stages (each one a `gcd-trl` command, printed before it runs; a finished stage leaves a marker in
 OUT/stages/ and is skipped on the next run, so a second `make demo` reuses what is built):
@@ -53,7 +53,8 @@ def shown(cmd: list[str]) -> str:
 @dataclass
 class Budget:
     """How big each stage is (the full demo, or --small for tests). The RL settings were fixed before the
-    final runs from the ladder and the pilot runs in docs/sft.md."""
+    final runs from the ladder and the pilot runs in docs/sft.md; `rounds` is what fits the 15 minutes
+    once rounds scored only completion tokens (docs/sft.md, "Six rounds in the same budget")."""
 
     room_size: int | None = 5  # the curriculum's rooms (None: full rooms)
     train_games: int = 200
@@ -63,7 +64,7 @@ class Budget:
     full_max_episode_steps: int = 30
     from_scratch: bool = False
     sft_minutes: float = 5.0  # --from_scratch only
-    rounds: int = 3
+    rounds: int = 6
     tasks_per_round: int = 8
     num_generations: int = 8
     learning_rate: float = 1e-4
@@ -148,19 +149,25 @@ class Demo:
         self.ran.append({**record, "reused": False})
         print(f"=== {name}: {wall:.0f} s", flush=True)
 
-    def parallel(self, stages: list[tuple[str, list[str], Path]], width: int = 2) -> None:
-        """Independent one-command stages, `width` at a time, one torch thread each: two small-model
-        processes on 2 cores finish sooner side by side than one after the other with 2 threads each.
-        Each stage logs to OUT/logs/; a heartbeat shows where each one is."""
-        todo = []
-        for name, cmd, done_when in stages:
+    def parallel(self, stages: list[tuple], width: int = 2) -> None:
+        """One-command stages `(name, cmd, done_when[, after])`, `width` at a time, one torch thread each:
+        two small-model processes on 2 cores finish sooner side by side than one after the other with 2
+        threads each. A stage starts, in list order, once the stages named in its `after` have finished, so
+        a core freed by one RL run goes to that run's evaluations instead of idling until the other run
+        ends. Each stage logs to OUT/logs/; a heartbeat shows where each one is."""
+        todo, finished = [], set()
+        for name, cmd, done_when, *after in stages:
             marker = self.stages_dir / f"{name}.json"
             if marker.is_file() and done_when.exists():
                 self.stage(name, [cmd], done_when)  # reports the reuse
+                finished.add(name)
             else:
-                todo.append((name, cmd))
+                todo.append((name, cmd, set(after[0]) if after else set()))
         if not todo:
             return
+        unknown = {a for _, _, after in todo for a in after} - finished - {name for name, _, _ in todo}
+        if unknown:
+            raise ValueError(f"parallel: stages wait for unknown stages {sorted(unknown)}")
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -170,8 +177,11 @@ class Demo:
         failed: list[str] = []
         last_beat = time.perf_counter()
         while todo or running:
-            while todo and len(running) < width and not failed:
-                name, cmd = todo.pop(0)
+            while len(running) < width and not failed:
+                ready = next((i for i, (_, _, after) in enumerate(todo) if after <= finished), None)
+                if ready is None:
+                    break
+                name, cmd, _ = todo.pop(ready)
                 log = logs / (re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") + ".log")
                 print(f"\n=== {name} (side by side, 1 thread; log: {log.relative_to(self.out)})", flush=True)
                 print("$ " + shown(cmd), flush=True)
@@ -194,6 +204,7 @@ class Demo:
                     failed.append(f"stage '{name}' failed: exit {code} from: {' '.join(cmd)} (log: {log})")
                     continue
                 self._finished(name, [cmd], wall, side_by_side=True)
+                finished.add(name)
             if running and time.perf_counter() - last_beat > 30:
                 last_beat = time.perf_counter()
                 for name, (_, t0, log, _) in running.items():
@@ -330,7 +341,6 @@ class Demo:
         for (label, run_dir), extra in zip(self.runs.items(), ({}, gcd_keys)):
             cfg = self.write_config(run_dir.name, base, output_dir=str(run_dir), **rl_common, **extra)
             rl_stages.append((f"3 {label}", self.gcd("rl", "--config", str(cfg)), run_dir / "config.json"))
-        self.parallel(rl_stages)
 
         policies = {
             "random": {"policy": "random"},
@@ -361,10 +371,15 @@ class Demo:
                 cfg = self.write_yaml(
                     f"eval_{slug}", {**common, **policies[label], "label": label, "output_dir": str(d)}
                 )
+                after = [f"3 {label}"] if label in self.runs else []
                 eval_stages.append(
-                    (f"4 eval {label} ({split})", self.gcd("eval", "--config", str(cfg)), d / "report.json")
+                    (
+                        f"4 eval {label} ({split})",
+                        self.gcd("eval", "--config", str(cfg)),
+                        d / "report.json",
+                        after,
+                    )
                 )
-        self.parallel(eval_stages)
         sw = out / "eval" / "scienceworld_expert"
         sw_cfg = self.write_yaml(
             "eval_scienceworld_expert",
@@ -380,9 +395,14 @@ class Demo:
                 output_dir=str(sw),
             ),
         )
-        self.stage(
-            "4 eval ScienceWorld expert", [self.gcd("eval", "--config", str(sw_cfg))], sw / "report.json"
+        sw_stage = (
+            "4 eval ScienceWorld expert",
+            self.gcd("eval", "--config", str(sw_cfg)),
+            sw / "report.json",
         )
+        # one queue: a core freed by either RL run starts that run's evaluations (theirs first, then the rest)
+        eval_stages.sort(key=lambda stage: not stage[3])
+        self.parallel([*rl_stages, *eval_stages, sw_stage])
 
         return write_report(self, sw)
 
@@ -426,15 +446,26 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CORRECTION") == "1",
         help="RL+GCD also writes golden rules into the agent prompt (off: the tiny policy's rules are noise).",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=int(os.environ.get("SEED", 0)),
+        help="Seed of both RL runs and the random policy (the games stay the same): SEED=1 checks a result's luck.",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
     if args.small:
-        budget = replace(Budget.small(args.rounds, args.from_scratch), correction=args.correction)
+        budget = replace(
+            Budget.small(args.rounds, args.from_scratch), correction=args.correction, seed=args.seed
+        )
     else:
         budget = Budget(
-            rounds=args.rounds or Budget.rounds, from_scratch=args.from_scratch, correction=args.correction
+            rounds=args.rounds or Budget.rounds,
+            from_scratch=args.from_scratch,
+            correction=args.correction,
+            seed=args.seed,
         )
     if args.fresh and out.exists():
         print(f"demo: FRESH=1, removing {out}", flush=True)
@@ -455,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds and args.rounds != saved.rounds:
             print(f"demo: ROUNDS={args.rounds} (was {saved.rounds}): RL and evaluation run again", flush=True)
             _forget_rl_and_eval(out)
-        budget = replace(saved, rounds=args.rounds or saved.rounds)
+        elif args.seed != saved.seed:
+            print(f"demo: SEED={args.seed} (was {saved.seed}): RL and evaluation run again", flush=True)
+            _forget_rl_and_eval(out)
+        budget = replace(saved, rounds=args.rounds or saved.rounds, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "budget.json").write_text(json.dumps(asdict(budget), indent=2))
     t0 = time.perf_counter()

@@ -112,6 +112,35 @@ def test_side_by_side_stages_record_each_one_and_name_the_failure(tmp_path):
     assert demo2.ran[0]["reused"] is True and demo2.group_walls == []
 
 
+def test_side_by_side_stages_wait_for_the_stages_they_need(tmp_path):
+    from demo.pipeline import Budget, Demo
+
+    def writer(name: str, text: str, delay: float = 0.0) -> list[str]:
+        code = f"import time, pathlib; time.sleep({delay}); pathlib.Path({str(tmp_path / name)!r}).write_text({text!r})"
+        return [sys.executable, "-c", code]
+
+    needs_rl = [
+        sys.executable,
+        "-c",
+        f"import pathlib; d = pathlib.Path({str(tmp_path)!r}); (d / 'eval.txt').write_text((d / 'rl.txt').read_text())",
+    ]
+    demo = Demo(tmp_path, Budget.small())
+    demo.parallel(
+        [
+            ("3 rl", writer("rl.txt", "trained", delay=2.0), tmp_path / "rl.txt"),
+            ("3 other", writer("other.txt", "x"), tmp_path / "other.txt"),
+            ("4 eval rl", needs_rl, tmp_path / "eval.txt", ["3 rl"]),  # first in line once a core is free
+            ("4 eval other", writer("late.txt", "x"), tmp_path / "late.txt"),
+        ]
+    )
+    assert (tmp_path / "eval.txt").read_text() == "trained"
+    finish_order = [r["stage"] for r in demo.ran]
+    assert finish_order.index("3 rl") < finish_order.index("4 eval rl")
+    assert finish_order.index("4 eval other") < finish_order.index("3 rl")  # ran while rl still trained
+    with pytest.raises(ValueError, match="unknown stages"):
+        demo.parallel([("5 x", writer("x.txt", "x"), tmp_path / "x.txt", ["no such stage"])])
+
+
 def test_new_rounds_forget_rl_and_eval_only(tmp_path):
     from demo.pipeline import _forget_rl_and_eval
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gcd_trl.envs.base import EnvSpec, StepResult, Task
+from gcd_trl.envs.base import EnvSpec, StepResult, Task, TextEnv
 from gcd_trl.envs.pool import EnvPool
 from gcd_trl.envs.registry import make_env
 
@@ -210,3 +210,41 @@ def test_scienceworld_pool_matches_in_process_and_close_kills_jvms():
             assert view(env.reset(task), True) == view(trace[slot][0], True)
             for action, result in zip(actions, trace[slot][1:]):
                 assert view(env.step(action), True) == view(result, True), (slot, action)
+
+
+class _EnvironEcho(TextEnv):
+    """Reports the worker's view of the process: an env var and the working directory."""
+
+    name = "alfworld"
+
+    def reset(self, task: Task) -> StepResult:
+        return StepResult(
+            observation=os.environ.get("GCD_TRL_POOL_PROBE", "unset"),
+            task_description=os.getcwd(),
+            admissible_actions=None,
+        )
+
+    def step(self, action: str) -> StepResult:
+        raise NotImplementedError
+
+    def expert_action(self) -> str | None:
+        return None
+
+
+def _environ_echo(spec: EnvSpec) -> TextEnv:
+    return _EnvironEcho()
+
+
+def test_workers_see_the_pools_environment_not_the_forkservers(tmp_path, monkeypatch):
+    """Workers fork from a forkserver that preloads the engines; it started with an older environment and
+    directory, and a worker must still see the ones its pool was created under (as spawn gives)."""
+    task = Task(env="alfworld", game="unused")
+    monkeypatch.delenv("GCD_TRL_POOL_PROBE", raising=False)
+    with EnvPool(EnvSpec("alfworld"), 1, env_factory=_environ_echo) as pool:  # starts the forkserver
+        assert pool.reset({0: task})[0].observation == "unset"
+    monkeypatch.setenv("GCD_TRL_POOL_PROBE", "set after the forkserver started")
+    monkeypatch.chdir(tmp_path)
+    with EnvPool(EnvSpec("alfworld"), 2, env_factory=_environ_echo) as pool:
+        first = pool.reset({0: task, 1: task})
+    assert {r.observation for r in first.values()} == {"set after the forkserver started"}
+    assert {r.task_description for r in first.values()} == {str(tmp_path)}

@@ -48,7 +48,7 @@ from gcd_trl.rollout.samples import AgentSample, Sample
 from gcd_trl.trainers import checkpoints, metrics
 from gcd_trl.trainers.card import read_run_config, write_rl_card, write_run_config
 from gcd_trl.trainers.grpo_config import check_advantage_fields, derive_max_steps, resolved_dict
-from gcd_trl.trainers.logps import add_old_and_ref_logps
+from gcd_trl.trainers.logps import add_old_and_ref_logps, score_completions_only
 from gcd_trl.trainers.microbatch import LOSS_TYPES, Round, Update, chunk, collate, cut_update
 from gcd_trl.trainers.sampler import RoundTaskSampler, split_rows, tasks_fingerprint
 
@@ -410,7 +410,8 @@ class AgentGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         """TRL's log-prob pass; keeps the entropies of the loss pass for our entropy bonus (see _accumulate)."""
-        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        with score_completions_only():
+            out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
         if kwargs.get("compute_entropy") and torch.is_grad_enabled():
             self._last_entropies = out[1]
         return out

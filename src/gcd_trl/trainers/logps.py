@@ -4,10 +4,13 @@ vLLM sampled them; the reference model's, when beta > 0; and TRL's vLLM importan
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import trl.trainer.utils as trl_utils
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
@@ -57,3 +60,20 @@ def vllm_is_ratio(mb: dict[str, Any], mode: str, lo: float | None, hi: float | N
     lo = -math.inf if lo is None else lo
     hi = math.inf if hi is None else hi
     return ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
+
+
+@contextlib.contextmanager
+def score_completions_only() -> Iterator[None]:
+    """Make TRL's fused LM head score only the completion positions on every device.
+
+    TRL scores only the labelled positions where it runs Triton (CUDA/XPU), and every position elsewhere so
+    that compiled backends (Neuron) keep one tile shape. On CPU that runs the fp32 LM head over the whole
+    prompt: with ~170-token prompts and ~13-token completions, 13x the head's work, a third of an RL
+    round for the tiny model. The per-position math is TRL's own either way; only which rows go in changes.
+    """
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type != "xla"
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
