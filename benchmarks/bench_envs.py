@@ -133,29 +133,29 @@ def run_pool(spec: EnvSpec, tasks: list[Task], gold: dict, workers: int, args: a
     return meter
 
 
-def pool_start(games_dir: str, method: str, workers: int) -> float:
-    """Seconds from creating an ALFWorld pool of `workers` to the end of its first reset (call it in a
-    fresh process: the forkserver, once started, serves every later pool of that process)."""
-    tasks = alfworld_tasks(games_dir, workers, tempfile.mkdtemp(prefix="bench_envs_start_"))
+def pool_start(games: list[str], method: str) -> float:
+    """Seconds from creating an ALFWorld pool of one worker per game to the end of its first reset (call
+    it in a fresh process: the forkserver, once started, serves every later pool of that process)."""
     t0 = time.perf_counter()
-    with EnvPool(EnvSpec("alfworld"), workers, start_method=method) as pool:
-        pool.reset({slot: tasks[slot % len(tasks)] for slot in range(workers)})
+    with EnvPool(EnvSpec("alfworld"), len(games), start_method=method) as pool:
+        pool.reset({slot: Task(env="alfworld", game=game) for slot, game in enumerate(games)})
         return time.perf_counter() - t0
 
 
-def pool_start_rows(games_dir: str, workers: int, repeats: int) -> list[dict]:
+def pool_start_rows(games: list[str], repeats: int) -> list[dict]:
     """Median start-up of each method, `repeats` fresh processes each, the methods interleaved."""
+    here = str(Path(__file__).resolve().parent)
     times: dict[str, list[float]] = {"spawn": [], "forkserver": []}
     for _ in range(repeats):
         for method in times:
             code = (
-                "import sys; sys.path.insert(0, 'benchmarks'); from bench_envs import pool_start; "
-                f"print(pool_start({games_dir!r}, {method!r}, {workers}))"
+                f"import sys; sys.path.insert(0, {here!r}); from bench_envs import pool_start; "
+                f"print(pool_start({games!r}, {method!r}))"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             times[method].append(float(out.stdout.strip().splitlines()[-1]))
     return [
-        {"method": m, "workers": workers, "median_s": round(statistics.median(t), 2), "runs": t}
+        {"method": m, "workers": len(games), "median_s": round(statistics.median(t), 2), "runs": t}
         for m, t in times.items()
     ]
 
@@ -178,7 +178,7 @@ def main() -> int:
     parser.add_argument("--start-repeats", type=int, default=3, help="fresh processes per start-up method")
     args = parser.parse_args()
 
-    rows = []
+    rows, start_games = [], []
     scratch = tempfile.mkdtemp(prefix="bench_envs_")  # generated alfworld games, when needed
     for env_name in args.envs:
         spec = EnvSpec(env_name)
@@ -189,6 +189,8 @@ def main() -> int:
             if env_name == "alfworld"
             else scienceworld_tasks(4)
         )
+        if env_name == "alfworld":
+            start_games = [t.game for t in tasks]  # the same 8 games for the start-up comparison
         gold = {}
         if env_name == "scienceworld":
             with make_env(spec) as env:  # not the timed env: every timed env starts equally cold
@@ -203,7 +205,6 @@ def main() -> int:
             rows.append(row)
             print(f"{env_name} {mode} x{workers}: {row['steps_per_s']} steps/s", file=sys.stderr)
 
-    shutil.rmtree(scratch, ignore_errors=True)
     print("| env | mode | workers | steps | step seconds | steps/s | vs in-process |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
@@ -212,7 +213,8 @@ def main() -> int:
             f"| {row['env']} | {row['mode']} | {row['workers']} | {row['steps']} | {row['seconds']} "
             f"| {row['steps_per_s']} | {row['steps_per_s'] / base:.2f}x |"
         )
-    starts = pool_start_rows(args.alfworld_games, 8, args.start_repeats) if "alfworld" in args.envs else []
+    starts = pool_start_rows(start_games, args.start_repeats) if start_games else []
+    shutil.rmtree(scratch, ignore_errors=True)
     if starts:
         spawn = starts[0]["median_s"]
         print("\n| ALFWorld pool of 8: start + first resets | median seconds | vs spawn |")

@@ -115,30 +115,35 @@ def test_side_by_side_stages_record_each_one_and_name_the_failure(tmp_path):
 def test_side_by_side_stages_wait_for_the_stages_they_need(tmp_path):
     from demo.pipeline import Budget, Demo
 
-    def writer(name: str, text: str, delay: float = 0.0) -> list[str]:
-        code = f"import time, pathlib; time.sleep({delay}); pathlib.Path({str(tmp_path / name)!r}).write_text({text!r})"
-        return [sys.executable, "-c", code]
+    def script(code: str) -> list[str]:
+        return [sys.executable, "-c", f"import pathlib, time; d = pathlib.Path({str(tmp_path)!r}); {code}"]
 
-    needs_rl = [
-        sys.executable,
-        "-c",
-        f"import pathlib; d = pathlib.Path({str(tmp_path)!r}); (d / 'eval.txt').write_text((d / 'rl.txt').read_text())",
-    ]
+    # "3 rl" ends only once "4 eval other" has run: the queue must pass over "4 eval rl" (not ready yet)
+    # to the free core's next stage; a queue that waited in list order would leave rl to time out
+    rl = script(
+        "t = time.monotonic()\n"
+        "while not (d / 'other_eval.txt').exists() and time.monotonic() - t < 60: time.sleep(0.05)\n"
+        "(d / 'rl.txt').write_text('trained' if (d / 'other_eval.txt').exists() else 'gave up')"
+    )
     demo = Demo(tmp_path, Budget.small())
     demo.parallel(
         [
-            ("3 rl", writer("rl.txt", "trained", delay=2.0), tmp_path / "rl.txt"),
-            ("3 other", writer("other.txt", "x"), tmp_path / "other.txt"),
-            ("4 eval rl", needs_rl, tmp_path / "eval.txt", ["3 rl"]),  # first in line once a core is free
-            ("4 eval other", writer("late.txt", "x"), tmp_path / "late.txt"),
+            ("3 rl", rl, tmp_path / "rl.txt"),
+            ("3 other", script("(d / 'other.txt').write_text('x')"), tmp_path / "other.txt"),
+            (
+                "4 eval rl",
+                script("(d / 'eval.txt').write_text((d / 'rl.txt').read_text())"),
+                tmp_path / "eval.txt",
+                ["3 rl"],
+            ),
+            ("4 eval other", script("(d / 'other_eval.txt').write_text('x')"), tmp_path / "other_eval.txt"),
         ]
     )
-    assert (tmp_path / "eval.txt").read_text() == "trained"
+    assert (tmp_path / "eval.txt").read_text() == "trained"  # ran after rl, and rl saw the other eval run
     finish_order = [r["stage"] for r in demo.ran]
     assert finish_order.index("3 rl") < finish_order.index("4 eval rl")
-    assert finish_order.index("4 eval other") < finish_order.index("3 rl")  # ran while rl still trained
     with pytest.raises(ValueError, match="unknown stages"):
-        demo.parallel([("5 x", writer("x.txt", "x"), tmp_path / "x.txt", ["no such stage"])])
+        demo.parallel([("5 x", script("pass"), tmp_path / "x.txt", ["no such stage"])])
 
 
 def test_new_rounds_forget_rl_and_eval_only(tmp_path):
