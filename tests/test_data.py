@@ -5,6 +5,7 @@ its input first."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,28 @@ def test_agent_builder_is_deterministic_across_workers(tasks, built, tmp_path):
     assert [s["perturbation"] for s in other.steps] != [
         s["perturbation"] for s in built.steps if s["task"] == tasks[0].key
     ]
+
+
+def test_agent_builder_does_not_depend_on_where_the_games_are(tasks, built, tmp_path):
+    """Perturbations are seeded by the game's task and trial folders, not its absolute path: the same
+    games copied to another folder give the same rows (a checkout elsewhere rebuilds the same data)."""
+    moved = []
+    for t in tasks:
+        game = Path(t.game)
+        copy = tmp_path / "elsewhere" / game.parent.name / game.name
+        shutil.copytree(game, copy)
+        moved.append(Task(env="alfworld", split="gen", game=str(copy), task_type=t.task_type))
+    cfg = AgentSFTConfig(think="short", recovery_episodes=1, perturb_prob=0.3, seed=3, oversample_max=3)
+    again = build_agent_sft(moved, _env_args(), cfg, progress=False)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("task", "episode")} for r in rows]
+
+    assert any(s["perturbation"] for s in built.steps)
+    assert strip(again.rows) == strip(built.rows)
+    assert [s["perturbation"] for s in again.steps] == [s["perturbation"] for s in built.steps]
+    assert {t.seed_key for t in moved} == {t.seed_key for t in tasks}
+    assert {t.key for t in moved}.isdisjoint(t.key for t in tasks)
 
 
 def test_policy_episodes_are_replayed_and_labelled_by_the_expert(tasks, built, tmp_path):

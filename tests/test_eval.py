@@ -66,6 +66,37 @@ def test_expert_wins_generated_games_of_all_six_types(games_dir, tasks, tmp_path
     assert (tmp_path / "report.md").read_text().count("| pick_") == 5
 
 
+def test_random_policy_draws_the_same_wherever_the_games_are(games_dir, tasks, pool, tmp_path):
+    """Its RNG is seeded by `Task.seed_key` (task and trial folders): a copy of the games elsewhere gets the
+    same actions, so the demo's random row does not depend on the checkout's path."""
+    import shutil
+
+    from gcd_trl.envs.splits import split_tasks
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(games_dir, moved)
+    args = settings(games_dir, max_episode_steps=4)
+    here = evaluate(RandomPolicy(seed=1), tasks[:3], args, tmp_path / "a", pool=pool, progress=False)
+    there_tasks = split_tasks("alfworld", "all", "test", moved)[:3]
+    assert [t.seed_key for t in there_tasks] == [t.seed_key for t in tasks[:3]]
+    assert [t.key for t in there_tasks] != [t.key for t in tasks[:3]]
+    evaluate(
+        RandomPolicy(seed=1),
+        there_tasks,
+        settings(moved, max_episode_steps=4),
+        tmp_path / "b",
+        pool=pool,
+        progress=False,
+    )
+    assert here["episodes"] == 3
+
+    def actions(out):
+        return [[s["action"] for s in e["trajectory"]] for e in read_episodes(out)]
+
+    assert actions(tmp_path / "a") == actions(tmp_path / "b")
+    assert len({a for ep in actions(tmp_path / "a") for a in ep}) > 1
+
+
 def test_expert_hands_over_to_the_planner_when_the_budget_runs_short(tasks):
     """The clean game takes the handcoded expert 47 steps: within 20 it must hand over and still win."""
     from gcd_trl.envs.alfworld import AlfWorldEnv

@@ -30,7 +30,8 @@ Every played step is also kept as a step record (the `rollout.records` schema pl
 `source`, `expert_action`, `perturbation`): the judge builder labels them.
 
 Deterministic for a seed: each task's perturbations come from its own RNG, seeded by (seed, task, episode),
-so the result does not depend on `workers` (tasks are played in worker processes, merged in task order).
+so the result does not depend on `workers` (tasks are played in worker processes, merged in task order) nor on
+the folder the games are in (`Task.seed_key`).
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def _play(
     cfg = ctx.cfg
     recovery = traj > 0
     source = "policy" if script is not None else "recovery" if recovery else "expert"
-    rng = random.Random(f"agent_sft:{cfg.seed}:{task.key}:{traj}")
+    rng = random.Random(f"agent_sft:{cfg.seed}:{task.seed_key}:{traj}")
     kinds = [k for k in cfg.perturbations if task.env == "alfworld" or k in ENV_STEPPING_FREE]
     max_steps = cfg.expert_max_steps or EXPERT_MAX_STEPS[task.env]
     ep = make_episode(ctx, task, env.reset(task), traj, max_steps)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 ENV_NAMES = ("alfworld", "scienceworld")
@@ -38,6 +39,14 @@ class Task:
         if self.env == "alfworld":
             return f"alfworld:{self.game}"
         return f"scienceworld:{self.task_name}:{self.variation}"
+
+    @property
+    def seed_key(self) -> str:
+        """`key` without the folder the games live in (an ALFWorld game is named by its task and trial
+        folders), so that random draws seeded by it are the same wherever a checkout keeps its data."""
+        if self.env == "alfworld":
+            return "alfworld:" + "/".join(PurePath(str(self.game)).parts[-2:])
+        return self.key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

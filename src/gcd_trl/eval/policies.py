@@ -90,7 +90,7 @@ class RandomPolicy:
 
     def _rng(self, ep: Episode) -> random.Random:
         if ep not in self._rngs:
-            self._rngs[ep] = random.Random(f"{self.seed}|{ep.task.key}|{ep.traj}")
+            self._rngs[ep] = random.Random(f"{self.seed}|{ep.task.seed_key}|{ep.traj}")
         return self._rngs[ep]
 
     def choose(self, ep: Episode) -> str:
