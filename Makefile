@@ -28,7 +28,7 @@ demo: setup  # make demo [FRESH=1] [ROUNDS=N] [SEED=N] [FROM_SCRATCH=1] [CORRECT
 	bash scripts/demo.sh
 
 .PHONY: warm-start
-warm-start: setup  # rebuild data/warm_start/ (the demo's starting point; about 2 h of 2-core CPU, data/README.md)
+warm-start: setup  # rebuild data/warm_start/ (the demo's starting point; about 100 min of 2-core CPU, data/README.md)
 	bash scripts/warm_start.sh
 
 bench: setup

@@ -3,7 +3,7 @@
 #   tiny model -> generated games (full rooms and rooms cut to 3, 5, 8 receptacles) -> agent + judge SFT
 #   rows -> `gcd-trl sft` (configs/sft/tiny_alfworld_warm_start.yaml, a fixed step count) -> bf16 export
 #   -> closed-loop evaluation on held-out games of each room size, written into its provenance.json.
-# data/README.md has the shipped checkpoint's numbers. About 2 h on 2 idle cores (SFT ~75 min).
+# data/README.md has the shipped checkpoint's numbers. About 100 min on 2 idle cores (SFT ~75 min).
 # SFT_ARGS="--num_threads 1" passes overrides to `gcd-trl sft` (e.g. while the machine does other work).
 # Games and SFT rows go to data/alfworld/warm_start/ (the SFT config names them there), the tiny model, the
 # SFT run and the closed-loop check to outputs/warm_start/; a rerun reuses finished steps.

@@ -185,6 +185,8 @@ def test_tiny_sft_run_saves_a_model_with_a_card(tiny_model_dir, tmp_path, capsys
     assert "`agent` (local): weight 1.0" in card and "`judge` (local): weight 0.5" in card
     assert "huggingface.co/datasets" not in card and 'prompt = """' in card  # no local path as a Hub link
     assert "learning_rate:" in (out / "run_config.yaml").read_text()
+    state = json.loads((out / "trainer_state.json").read_text())  # the whole run's log, for provenance
+    assert state["global_step"] == 2 and any("train_runtime" in row for row in state["log_history"])
 
 
 def test_unknown_model_path_is_refused(tmp_path):

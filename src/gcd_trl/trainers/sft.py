@@ -362,6 +362,7 @@ def run_sft(train_args: SFTConfig, data_args: SFTDataArguments, model_args: Mode
         print(f"sft: {len(trainer.train_dataset)} rows from {data_name}", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=_resume_arg(train_args.resume_from_checkpoint))
     trainer.save_model(train_args.output_dir)
+    trainer.save_state()  # trainer_state.json with the whole run's log (a checkpoint's stops at its step)
     out = Path(train_args.output_dir)
     if main:
         repo_id = train_args.hub_model_id or f"{check_hub() if push else 'YOUR_NAME'}/{out.resolve().name}"
