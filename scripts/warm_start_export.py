@@ -42,10 +42,11 @@ def _games(folder: Path) -> dict:
 
 
 def _last_state(sft: Path) -> dict:
-    # the run's own final state (with train_runtime) when `gcd-trl sft` saved one, else the last checkpoint's
     states = sorted(
         sft.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
-    ) + sorted(sft.glob("trainer_state.json"))
+    )
+    if (sft / "trainer_state.json").is_file():  # the run's own final state (with train_runtime), when saved
+        states.append(sft / "trainer_state.json")
     if not states:
         return {}
     state = json.loads(states[-1].read_text())
